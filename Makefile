@@ -1,0 +1,42 @@
+# gemma-lora: `make run-notebooks` runs the notebooks, `make test` runs the tests.
+# Both create .venv from requirements.txt first when it is missing or older
+# than requirements.txt (and do nothing when it is current).
+
+VENV       ?= .venv
+PYTHON     := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+NOTEBOOK   ?= notebooks/*.ipynb
+PARAMS     ?=
+PYTEST_ARGS ?=
+RUN_ROOT   := runs/$(shell date +%Y%m%d-%H%M%S)
+
+export KERAS_BACKEND := jax
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup test run-notebooks clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Executes each notebook with papermill into runs/<timestamp>/<notebook>/,
+# passing `run_dir` plus any PARAMS (e.g. PARAMS="-p rank 8 -p max_steps 50").
+# papermill exits non-zero and prints the failing cell's error if a cell fails.
+run-notebooks: $(STAMP)
+	@set -e; for nb in $(NOTEBOOK); do \
+	  name=$$(basename $$nb .ipynb); out=$(RUN_ROOT)/$$name; \
+	  mkdir -p $$out; echo "==> $$nb -> $$out/$$name.ipynb"; \
+	  $(PYTHON) -m papermill $$nb $$out/$$name.ipynb --cwd . \
+	    -p run_dir $$out $(PARAMS); \
+	done
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
