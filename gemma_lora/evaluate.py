@@ -1,0 +1,237 @@
+"""Evaluate a causal LM on held-out examples: loss, generation, task metrics.
+
+The same `evaluate_model` call is made on the base model before training and
+on the tuned model after, so the comparison is like for like: the same test
+prompts, greedy decoding, the same answer extraction and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from typing import Any, Sequence
+
+import keras
+import keras_hub
+from rouge_score import rouge_scorer
+
+from gemma_lora.train import make_dataset
+from gemma_lora.train import response_loss
+
+# Prompt-template section headers: a response never contains them, so a
+# generation is cut where the model starts a new section.
+_SECTION_HEADER = re.compile(r"\n\s*###")
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Results of one model on one held-out split.
+
+    Args:
+        loss: mean cross-entropy per response token.
+        perplexity: `exp(loss)`.
+        exact_match: share of answers equal to the reference after
+            normalisation (see `answers_match`), in [0, 1].
+        rouge_l: mean ROUGE-L F1 of answers against references, in [0, 1].
+        predictions: the extracted answers, in test order.
+        num_examples: number of test examples.
+        generation_seconds: time spent generating.
+    """
+
+    loss: float
+    perplexity: float
+    exact_match: float
+    rouge_l: float
+    predictions: list[str]
+    num_examples: int
+    generation_seconds: float
+
+    def scores(self) -> dict[str, float]:
+        """The scalar results, for tables and `metrics.json`."""
+        return {
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "exact_match": self.exact_match,
+            "rouge_l": self.rouge_l,
+            "num_examples": self.num_examples,
+            "generation_seconds": self.generation_seconds,
+        }
+
+
+def extract_answer(generation: str) -> str:
+    """The answer part of a generation: up to the next template section.
+
+    Args:
+        generation: text generated after the prompt.
+
+    Returns:
+        The generation cut before a `### ...` header, stripped.
+
+    Example:
+    >>> extract_answer(' {"a": 1}\\n\\n### Instruction:\\nmore')
+    '{"a": 1}'
+    """
+    return _SECTION_HEADER.split(generation, maxsplit=1)[0].strip()
+
+
+def normalize_answer(text: str) -> Any:
+    """Canonical form of an answer for exact match.
+
+    JSON answers compare as parsed values (so spacing and quoting style do
+    not matter); other text compares lower-cased with whitespace collapsed
+    and trailing full stops removed.
+
+    Args:
+        text: an answer or reference.
+
+    Returns:
+        A parsed JSON value or a normalised string.
+
+    Example:
+    >>> normalize_answer('{"a":  1}') == normalize_answer('{"a": 1}')
+    True
+    """
+    text = text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return " ".join(text.lower().split()).rstrip(".")
+
+
+def answers_match(prediction: str, reference: str) -> bool:
+    """Whether two answers are equal after `normalize_answer`."""
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (Google's `rouge-score`, with stemming).
+
+    Args:
+        predictions: generated answers.
+        references: reference answers, in the same order.
+
+    Returns:
+        The mean F1 in [0, 1] (0 for no examples).
+    """
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure
+              for pred, ref in zip(predictions, references)]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def use_greedy_sampling(model: keras_hub.models.CausalLM) -> None:
+    """Make `generate` decode greedily without touching the compiled loss.
+
+    `CausalLM.compile(sampler=...)` would also reset the optimizer, so the
+    sampler is swapped directly; the generate function is rebuilt lazily.
+    """
+    model.sampler = keras_hub.samplers.GreedySampler()
+    model.generate_function = None
+
+
+def generate_responses(
+    model: keras_hub.models.CausalLM,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """Greedy generations for many prompts, in fixed-shape batches.
+
+    Every batch has the same shape (the last one is padded with repeats of
+    its first prompt), so the generate function compiles once.
+
+    Args:
+        model: a KerasHub `CausalLM` with a preprocessor.
+        prompts: formatted prompts.
+        max_new_tokens: generation budget beyond the longest prompt.
+        batch_size: prompts per batch.
+
+    Returns:
+        The generated continuations (prompt stripped), in prompt order.
+
+    Example:
+    >>> generate_responses(model, ["Water boils at"], 8, batch_size=1)
+    """
+    use_greedy_sampling(model)
+    token_ids = model.preprocessor.tokenizer(list(prompts))
+    if hasattr(token_ids, "to_list"):  # a tf.RaggedTensor under TensorFlow.
+        token_ids = token_ids.to_list()
+    longest = max(len(ids) for ids in token_ids)
+    max_length = longest + 1 + max_new_tokens  # +1 for the start token.
+    outputs: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start:start + batch_size])
+        padded = batch + [batch[0]] * (batch_size - len(batch))
+        generated = model.generate(padded, max_length=max_length, strip_prompt=True)
+        outputs.extend(generated[: len(batch)])
+    return outputs
+
+
+def response_token_loss(
+    model: keras_hub.models.CausalLM,
+    examples: dict[str, list[str]],
+    batch_size: int,
+    sequence_length: int,
+) -> float:
+    """Mean cross-entropy per response token (prompt tokens carry no loss).
+
+    Args:
+        model: a KerasHub `CausalLM`.
+        examples: `{"prompts", "responses"}`.
+        batch_size: examples per forward pass.
+        sequence_length: tokens per example, as in training.
+
+    Returns:
+        The mean loss in nats.
+    """
+    if not isinstance(getattr(model, "loss", None), keras.losses.SparseCategoricalCrossentropy) \
+            or model.loss.reduction != "mean_with_sample_weight":
+        model.compile(loss=response_loss(), weighted_metrics=[])
+    model.preprocessor.sequence_length = sequence_length
+    dataset = make_dataset(examples, batch_size)
+    return float(model.evaluate(dataset, verbose=0, return_dict=True)["loss"])
+
+
+def evaluate_model(
+    model: keras_hub.models.CausalLM,
+    examples: dict[str, list[str]],
+    max_new_tokens: int,
+    batch_size: int,
+    sequence_length: int,
+) -> Evaluation:
+    """Loss, perplexity, exact match and ROUGE-L on held-out examples.
+
+    Args:
+        model: a KerasHub `CausalLM` (base or tuned).
+        examples: `{"prompts", "responses"}` of the test split.
+        max_new_tokens: generation budget per example.
+        batch_size: examples per batch.
+        sequence_length: tokens per example for the loss.
+
+    Returns:
+        An `Evaluation`.
+
+    Example:
+    >>> baseline = evaluate_model(model, test, max_new_tokens=48,
+    ...                           batch_size=16, sequence_length=128)
+    >>> baseline.exact_match
+    """
+    loss = response_token_loss(model, examples, batch_size, sequence_length)
+    start = time.perf_counter()
+    generations = generate_responses(model, examples["prompts"], max_new_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    predictions = [extract_answer(text) for text in generations]
+    references = examples["responses"]
+    matches = [answers_match(p, r) for p, r in zip(predictions, references)]
+    return Evaluation(
+        loss=loss,
+        perplexity=math.exp(min(loss, 50.0)),
+        exact_match=sum(matches) / len(matches) if matches else 0.0,
+        rouge_l=rouge_l(predictions, references),
+        predictions=predictions,
+        num_examples=len(references),
+        generation_seconds=seconds,
+    )
