@@ -223,6 +223,14 @@ def build_tiny_gemma3(
         sliding_window_size=16,
         dtype=dtype,
     )
+    # At toy width, KerasHub's fan-in initialisation leaves the tied output
+    # embedding so small that logits cannot exceed ~1.5 and no token can
+    # become likely; a standard deviation of 0.25 lets a tiny model learn a
+    # task while its untrained loss stays near log(vocabulary_size).
+    embeddings = backbone.token_embedding.embeddings
+    embeddings.assign(
+        keras.random.normal(embeddings.shape, stddev=0.25, seed=seed, dtype=embeddings.dtype)
+    )
     preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
         tokenizer=tokenizer, sequence_length=sequence_length
     )

@@ -26,3 +26,52 @@ def real_causal_lm(gemma3_270m_preset):
     import keras_hub
 
     return keras_hub.models.Gemma3CausalLM.from_preset(str(gemma3_270m_preset))
+
+
+# === Tiny model ===
+
+COLORS = ("red", "blue", "green", "black", "white", "yellow")
+ITEMS = ("mug", "hat", "shoe", "lamp", "scarf", "chair")
+
+
+def _color_examples(count: int, seed: int) -> dict:
+    import random
+
+    rng = random.Random(seed)
+    prompts, responses = [], []
+    for _ in range(count):
+        color, item = rng.choice(COLORS), rng.choice(ITEMS)
+        prompts.append(
+            "### Instruction:\nWhich color is wanted?\n\n"
+            f"### Input:\nPlease send one {color} {item}.\n\n### Response:\n"
+        )
+        responses.append(color)
+    return {"prompts": prompts, "responses": responses}
+
+
+@pytest.fixture(scope="session")
+def color_examples():
+    """A toy task the tiny model can learn: name the color in the message."""
+    return {
+        "train": _color_examples(160, seed=1),
+        "validation": _color_examples(16, seed=2),
+        "test": _color_examples(16, seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_proto(color_examples):
+    """A SentencePiece model trained in the test on the toy task's text."""
+    from gemma_lora.models import train_tiny_tokenizer
+
+    texts = [p + r for split in color_examples.values()
+             for p, r in zip(split["prompts"], split["responses"])]
+    return train_tiny_tokenizer(texts, vocabulary_size=512)
+
+
+@pytest.fixture
+def tiny_causal_lm(tiny_tokenizer_proto):
+    """A fresh tiny random Gemma 3 (2 layers, width 32) per test."""
+    from gemma_lora.models import build_tiny_gemma3
+
+    return build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)

@@ -1,0 +1,53 @@
+import pytest
+
+from gemma_lora.config import RunConfig
+from gemma_lora.errors import ConfigError
+
+
+def test_round_trips_through_json(tmp_path):
+    config = RunConfig(rank=4, alpha=8.0, target_layers=["query", "key"], max_steps=None)
+    config.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == config
+    assert config.target_layers == ("query", "key")
+
+
+def test_comma_separated_targets_from_papermill():
+    assert RunConfig(target_layers="query, value,key").target_layers == ("query", "value", "key")
+
+
+def test_alpha_defaults_to_rank():
+    assert RunConfig(rank=16).lora_alpha == 16.0
+    assert RunConfig(rank=16, alpha=32).lora_alpha == 32.0
+
+
+def test_training_steps_from_epochs():
+    assert RunConfig(max_steps=None, epochs=2, batch_size=4).training_steps(10) == 5
+    assert RunConfig(max_steps=7).training_steps(10) == 7
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"rank": 0}, "rank must be an integer >= 1; got 0"),
+        ({"rank": 2.5}, "rank must be an integer >= 1; got 2.5"),
+        ({"alpha": -1}, "alpha must be a number > 0; got -1"),
+        ({"learning_rate": 0}, "learning_rate must be a number > 0"),
+        ({"dtype": "float16"}, "dtype must be one of ['float32', 'bfloat16', 'mixed_bfloat16']"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
+        ({"test_fraction": 1.5}, "test_fraction must be a number in [0, 1)"),
+        ({"validation_fraction": 0.5, "test_fraction": 0.5}, "validation_fraction + test_fraction must be below 1"),
+        ({"target_layers": []}, "target_layers must name at least one layer"),
+        ({"target_layers": 3}, "target_layers must be a list of layer names"),
+        ({"batch_size": True}, "batch_size must be an integer >= 1"),
+        ({"data_fields": ["input"]}, "data_fields must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_parameter(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        RunConfig(**overrides)
+    assert message in str(error.value)
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(ConfigError, match=r"Unknown run parameter\(s\) \['rnak'\]"):
+        RunConfig.from_dict({"rnak": 8})

@@ -1,0 +1,95 @@
+import csv
+
+import numpy as np
+import pytest
+
+from gemma_lora import lora
+from gemma_lora import train
+from gemma_lora.config import RunConfig
+
+
+def _config(tmp_path, **overrides):
+    values = dict(max_steps=40, eval_every=10, batch_size=8, sequence_length=48,
+                  learning_rate=3e-2, warmup_steps=2, eval_batch_size=8,
+                  run_dir=str(tmp_path / "run"))
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def test_schedule_warms_up_then_decays():
+    cosine = train.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="cosine")
+    linear = train.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="linear")
+    constant = train.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="constant")
+    assert float(cosine(0)) == pytest.approx(0.1)
+    assert float(cosine(4)) == pytest.approx(0.5)
+    assert float(cosine(10)) == pytest.approx(1.0)
+    assert float(cosine(60)) == pytest.approx(0.5)
+    assert float(linear(85)) == pytest.approx(0.25)
+    assert float(cosine(110)) == pytest.approx(0.0, abs=1e-7)
+    assert float(constant(100)) == pytest.approx(1.0)
+
+
+def test_weight_decay_skips_norms_and_biases():
+    optimizer = train.make_optimizer(RunConfig(), total_steps=100)
+    import keras
+
+    norm = keras.Variable(np.ones(3), name="pre_attention_norm_scale")
+    kernel = keras.Variable(np.ones((3, 3)), name="lora_kernel_a")
+    assert optimizer._use_weight_decay(kernel)
+    assert not optimizer._use_weight_decay(norm)
+
+
+def test_training_lowers_validation_loss_and_keeps_best_adapter(tiny_causal_lm, color_examples, tmp_path):
+    config = _config(tmp_path)
+    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    lines = []
+    result = train.train(tiny_causal_lm, config, color_examples["train"],
+                         color_examples["validation"], log=lines.append)
+    val_losses = [row["val_loss"] for row in result.history if row["val_loss"] is not None]
+    assert len(result.history) == result.steps == 40
+    assert len(val_losses) == 4
+    assert val_losses[-1] < val_losses[0]
+    assert result.best_val_loss == min(val_losses)
+    assert any("ETA" in line and "val_loss" in line for line in lines)
+    rows = list(csv.DictReader(open(tmp_path / "run" / train.HISTORY_FILE)))
+    assert [int(r["step"]) for r in rows] == list(range(1, 41))
+    assert float(rows[9]["val_loss"]) == pytest.approx(val_losses[0])
+    saved = lora.read_adapter_config(result.adapter_dir)
+    assert saved["rank"] == 4
+
+
+def test_early_stopping_restores_the_best_adapter(tiny_causal_lm, color_examples, tmp_path):
+    from safetensors.numpy import load_file
+
+    # Validation answers that contradict training (each color replaced by the
+    # next one): the better the model learns, the worse validation gets, so
+    # patience 1 must stop early and keep an earlier adapter.
+    from tests.conftest import COLORS
+
+    shifted = {c: COLORS[(i + 1) % len(COLORS)] for i, c in enumerate(COLORS)}
+    validation = dict(color_examples["validation"])
+    validation["responses"] = [shifted[c] for c in validation["responses"]]
+    config = _config(tmp_path, max_steps=80, patience=1)
+    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    result = train.train(tiny_causal_lm, config, color_examples["train"], validation,
+                         log=lambda line: None)
+    assert result.stopped_early
+    assert result.steps < config.max_steps
+    assert result.best_step < result.steps
+    saved = load_file(str(result.adapter_dir / lora.ADAPTER_WEIGHTS))
+    current = lora.lora_weights(tiny_causal_lm)
+    for key, value in saved.items():
+        np.testing.assert_array_equal(current[key], value)
+
+
+def test_only_response_tokens_carry_loss(tiny_causal_lm, color_examples):
+    batch = {k: v[:2] for k, v in color_examples["train"].items()}
+    x, y, weights = tiny_causal_lm.preprocessor(batch)
+    weights = np.asarray(weights)
+    tokens = np.asarray(y)
+    tokenizer = tiny_causal_lm.preprocessor.tokenizer
+    for row in range(2):
+        weighted = tokens[row][weights[row] > 0].tolist()
+        # The response tokens and the end token, nothing from the prompt.
+        assert tokenizer.detokenize(weighted[:-1]).strip() == batch["responses"][row]
+        assert weighted[-1] == tokenizer.end_token_id
