@@ -11,6 +11,8 @@ PYTEST_ARGS ?=
 RUN_ROOT   := runs/$(shell date +%Y%m%d-%H%M%S)
 
 export KERAS_BACKEND := jax
+# Silence TensorFlow's C++ start-up chatter (TF only runs tokenizers and tf.data here).
+export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 

@@ -172,6 +172,25 @@ class RunConfig:
             )
         return cls(**values)
 
+    @classmethod
+    def from_namespace(cls, namespace: dict[str, Any]) -> "RunConfig":
+        """Build a config from the variables of a notebook's parameters cell.
+
+        Args:
+            namespace: e.g. `globals()`; only names that are `RunConfig`
+                fields are read.
+
+        Returns:
+            The validated `RunConfig`.
+
+        Example:
+        >>> rank = 4
+        >>> RunConfig.from_namespace(globals()).rank
+        4
+        """
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: namespace[name] for name in names if name in namespace})
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the config as JSON, atomically."""
         from gemma_lora.io_utils import write_json_atomic

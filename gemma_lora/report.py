@@ -49,8 +49,9 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> plt.Figure
     Returns:
         The matplotlib figure (a notebook displays it).
     """
-    steps = [row["step"] for row in history]
-    losses = [row["loss"] for row in history]
+    trained = [row for row in history if row["loss"] is not None]
+    steps = [row["step"] for row in trained]
+    losses = [row["loss"] for row in trained]
     evals = [(row["step"], row["val_loss"]) for row in history if row["val_loss"] is not None]
     figure, axis = plt.subplots(figsize=(8, 4.5))
     axis.plot(steps, losses, color="tab:blue", alpha=0.35, linewidth=1, label="training loss (per step)")
@@ -129,6 +130,24 @@ def _cell(text: str) -> str:
     text = html.escape(text.strip() or "(empty)")
     text = text.replace("|", "\\|").replace("\n", "<br>")
     return f"`{text}`" if text.startswith("{") else text
+
+
+def base_weights_bytes(model) -> int:
+    """Bytes of the model's weights in memory, LoRA weights excluded.
+
+    Args:
+        model: a Keras model, with or without LoRA.
+
+    Returns:
+        The size of the base model's weights in bytes.
+    """
+    import ml_dtypes  # noqa: F401  (lets numpy name bfloat16)
+    import numpy as np
+
+    return sum(
+        int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
+        for w in model.weights if "lora_kernel" not in w.path
+    )
 
 
 def folder_size(path: str | os.PathLike) -> int:

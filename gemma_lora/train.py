@@ -137,7 +137,8 @@ class TrainResult:
 
     Args:
         history: one dict per step: `step`, `loss`, `learning_rate`, and
-            `val_loss` at evaluation steps (else `None`).
+            `val_loss` at evaluation steps (else `None`); step 0 holds the
+            validation loss before training.
         best_step: the step whose adapter was kept.
         best_val_loss: its validation loss.
         steps: steps actually run.
@@ -219,7 +220,8 @@ class _TrainingMonitor(keras.callbacks.Callback):
         elapsed = time.perf_counter() - self.start
         per_step = elapsed / self.step
         eta = per_step * (self.total_steps - self.step)
-        recent = [row["loss"] for row in self.history[-self.config.eval_every:]]
+        recent = [row["loss"] for row in self.history[-self.config.eval_every:]
+                  if row["loss"] is not None]
         return (
             f"step {self.step:>5}/{self.total_steps} | loss {np.mean(recent):.4f} | "
             f"val_loss {val_loss:.4f}{' *' if improved else '  '} | "
@@ -294,12 +296,16 @@ def train(
         sampler="greedy",
     )
     monitor = _TrainingMonitor(config, total_steps, run_dir, config.preset, log)
-    log(f"Training {total_steps} steps of {config.batch_size} examples; "
-        f"validation every {config.eval_every} steps.")
+    validation = make_dataset(validation_examples, config.eval_batch_size)
     start = time.perf_counter()
+    initial_val_loss = float(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
+    monitor.history.append({"step": 0, "loss": None, "learning_rate": 0.0,
+                            "val_loss": initial_val_loss})
+    log(f"Training {total_steps} steps of {config.batch_size} examples; validation "
+        f"every {config.eval_every} steps (before training: val_loss {initial_val_loss:.4f}).")
     model.fit(
         make_dataset(train_examples, config.batch_size, shuffle_seed=config.seed, repeat=True),
-        validation_data=make_dataset(validation_examples, config.eval_batch_size),
+        validation_data=validation,
         steps_per_epoch=config.eval_every,
         epochs=chunks,
         callbacks=[monitor],

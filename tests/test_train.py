@@ -46,14 +46,15 @@ def test_training_lowers_validation_loss_and_keeps_best_adapter(tiny_causal_lm, 
     result = train.train(tiny_causal_lm, config, color_examples["train"],
                          color_examples["validation"], log=lines.append)
     val_losses = [row["val_loss"] for row in result.history if row["val_loss"] is not None]
-    assert len(result.history) == result.steps == 40
-    assert len(val_losses) == 4
+    assert result.steps == 40
+    assert [row["step"] for row in result.history] == list(range(41))
+    assert len(val_losses) == 5  # before training, then every 10 steps
     assert val_losses[-1] < val_losses[0]
     assert result.best_val_loss == min(val_losses)
     assert any("ETA" in line and "val_loss" in line for line in lines)
     rows = list(csv.DictReader(open(tmp_path / "run" / train.HISTORY_FILE)))
-    assert [int(r["step"]) for r in rows] == list(range(1, 41))
-    assert float(rows[9]["val_loss"]) == pytest.approx(val_losses[0])
+    assert [int(r["step"]) for r in rows] == list(range(41))
+    assert float(rows[10]["val_loss"]) == pytest.approx(val_losses[1])
     saved = lora.read_adapter_config(result.adapter_dir)
     assert saved["rank"] == 4
 
@@ -63,13 +64,13 @@ def test_early_stopping_restores_the_best_adapter(tiny_causal_lm, color_examples
 
     # Validation answers that contradict training (each color replaced by the
     # next one): the better the model learns, the worse validation gets, so
-    # patience 1 must stop early and keep an earlier adapter.
+    # patience 0 must stop early and keep an earlier adapter.
     from tests.conftest import COLORS
 
     shifted = {c: COLORS[(i + 1) % len(COLORS)] for i, c in enumerate(COLORS)}
     validation = dict(color_examples["validation"])
     validation["responses"] = [shifted[c] for c in validation["responses"]]
-    config = _config(tmp_path, max_steps=80, patience=1)
+    config = _config(tmp_path, max_steps=80, patience=0)
     lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
     result = train.train(tiny_causal_lm, config, color_examples["train"], validation,
                          log=lambda line: None)
