@@ -1,0 +1,71 @@
+"""End-to-end checks on the real Gemma 3 270M (converted from the PyPI GGUF)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gemma_lora import data
+from gemma_lora import lora
+from gemma_lora import models
+from gemma_lora import train
+from gemma_lora.config import RunConfig
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def lora_model(gemma3_270m_preset):
+    model = models.load_causal_lm("gemma3_270m_pypi")
+    lora.enable_lora(model, rank=8, alpha=32)
+    return model
+
+
+@pytest.fixture(scope="module")
+def order_examples():
+    records = data.read_records("data/order_extraction.jsonl")[:40]
+    return data.to_prompt_response(records)
+
+
+def test_a_few_lora_steps_lower_the_loss_on_a_fixed_batch(lora_model, order_examples):
+    batch = train.make_dataset({key: values[:4] for key, values in order_examples.items()}, 4)
+    lora_model.preprocessor.sequence_length = 128
+    lora_model.compile(optimizer=train.make_optimizer(RunConfig(learning_rate=1e-3, warmup_steps=0), 10),
+                       loss=train.response_loss(), weighted_metrics=[])
+    before = float(lora_model.evaluate(batch, verbose=0))
+    lora_model.fit(batch.repeat(), steps_per_epoch=4, epochs=1, shuffle=False, verbose=0)
+    after = float(lora_model.evaluate(batch, verbose=0))
+    assert after < 0.8 * before, (before, after)
+
+
+def test_adapter_save_then_load_gives_identical_logits(lora_model, gemma3_270m_preset, tmp_path):
+    folder = lora.save_adapter(lora_model, tmp_path / "adapter", base_preset="gemma3_270m_pypi")
+    size = (folder / lora.ADAPTER_WEIGHTS).stat().st_size
+    assert size < 0.01 * sum(f.stat().st_size for f in gemma3_270m_preset.rglob("*.weights.h5"))
+    fresh = models.load_causal_lm("gemma3_270m_pypi")
+    lora.load_adapter(fresh, folder)
+    x = lora_model.preprocessor.generate_preprocess(["Send two red mugs to Oslo."], sequence_length=16)
+    np.testing.assert_array_equal(np.asarray(fresh.backbone(x)), np.asarray(lora_model.backbone(x)))
+
+
+def test_notebook_runs_under_papermill_with_small_parameters(tmp_path):
+    run_dir = tmp_path / "run"
+    output = tmp_path / "executed.ipynb"
+    command = [
+        sys.executable, "-m", "papermill", "notebooks/01_finetune_gemma_lora.ipynb", str(output),
+        "-p", "run_dir", str(run_dir), "-p", "max_steps", "4", "-p", "eval_every", "2",
+        "-p", "warmup_steps", "1", "-p", "validation_fraction", "0.002",
+        "-p", "test_fraction", "0.004", "-p", "max_new_tokens", "8", "-p", "eval_batch_size", "8",
+        "-p", "num_samples", "2",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["max_steps"] == 4 and metrics["rank"] == 8
+    assert metrics["results"]["steps"] == 4
+    assert metrics["results"]["tuned"]["num_examples"] == 10
+    assert (run_dir / "adapter" / lora.ADAPTER_CONFIG).is_file()
+    assert (run_dir / "loss_curves.png").stat().st_size > 10_000
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 5
