@@ -14,12 +14,11 @@ import re
 import time
 from typing import Any, Sequence
 
-import keras
 import keras_hub
 from rouge_score import rouge_scorer
 
-from gemma_lora.train import make_dataset
-from gemma_lora.train import response_loss
+from gemma_lora import batching
+from gemma_lora.steps import CompiledSteps
 
 # Prompt-template section headers: a response never contains them, so a
 # generation is cut where the model starts a new section.
@@ -187,12 +186,12 @@ def response_token_loss(
     Returns:
         The mean loss in nats.
     """
-    if not isinstance(getattr(model, "loss", None), keras.losses.SparseCategoricalCrossentropy) \
-            or model.loss.reduction != "mean_with_sample_weight":
-        model.compile(loss=response_loss(), weighted_metrics=[])
-    model.preprocessor.sequence_length = sequence_length
-    dataset = make_dataset(examples, batch_size)
-    return float(model.evaluate(dataset, verbose=0, return_dict=True)["loss"])
+    split = batching.tokenize(model.preprocessor, examples, sequence_length)
+    batches = batching.evaluation_batches(
+        split, batch_size, batching.bucket_lengths(sequence_length),
+        batching.loss_buffer_size(split),
+    )
+    return CompiledSteps(model).mean_loss(batches)
 
 
 def evaluate_model(

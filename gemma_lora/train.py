@@ -7,8 +7,9 @@ the best adapter, a progress line with loss and ETA, and the per-step
 history saved as CSV.
 
 The loss is the mean cross-entropy over response tokens only: KerasHub's
-preprocessor masks the prompt out through `sample_weight` when it is given
-`{"prompts": ..., "responses": ...}`.
+preprocessor masks the prompt out when it is given
+`{"prompts": ..., "responses": ...}`, and the compiled step in `steps`
+computes logits only at those positions.
 """
 
 from __future__ import annotations
@@ -24,22 +25,16 @@ from typing import Callable
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from gemma_lora import batching
 from gemma_lora import lora
 from gemma_lora.config import RunConfig
 from gemma_lora.io_utils import write_text_atomic
+from gemma_lora.steps import CompiledSteps
 
 HISTORY_FILE = "history.csv"
 ADAPTER_DIR = "adapter"
 HISTORY_FIELDS = ("step", "loss", "learning_rate", "val_loss")
-
-
-def response_loss() -> keras.losses.Loss:
-    """Cross-entropy averaged over the tokens that carry weight (the response)."""
-    return keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction="mean_with_sample_weight"
-    )
 
 
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -103,34 +98,6 @@ def make_optimizer(config: RunConfig, total_steps: int) -> keras.optimizers.Adam
     return optimizer
 
 
-def make_dataset(
-    examples: dict[str, list[str]],
-    batch_size: int,
-    shuffle_seed: int | None = None,
-    repeat: bool = False,
-) -> tf.data.Dataset:
-    """A `tf.data` pipeline of raw prompt/response batches.
-
-    The model's preprocessor tokenizes them inside `fit`/`evaluate`.
-
-    Args:
-        examples: `{"prompts": [...], "responses": [...]}`.
-        batch_size: examples per batch.
-        shuffle_seed: shuffle every pass with this seed; `None` keeps order.
-        repeat: loop forever (training) instead of one pass.
-
-    Returns:
-        A batched `tf.data.Dataset` of `{"prompts", "responses"}` dicts.
-    """
-    dataset = tf.data.Dataset.from_tensor_slices(dict(examples))
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(len(examples["prompts"]), seed=shuffle_seed,
-                                  reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
 @dataclasses.dataclass
 class TrainResult:
     """What a training run did.
@@ -154,85 +121,6 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     adapter_dir: Path
-
-
-class _TrainingMonitor(keras.callbacks.Callback):
-    """Per-step history, progress lines, best-adapter keeping, early stopping."""
-
-    def __init__(self, config: RunConfig, total_steps: int, run_dir: Path,
-                 base_preset: str, log: Callable[[str], None]):
-        super().__init__()
-        self.config = config
-        self.total_steps = total_steps
-        self.run_dir = run_dir
-        self.base_preset = base_preset
-        self.log = log
-        self.history: list[dict] = []
-        self.best_val_loss = math.inf
-        self.best_step = 0
-        self.best_weights: dict[str, np.ndarray] | None = None
-        self.evals_without_improvement = 0
-        self.stopped_early = False
-
-    def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
-        self.step = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.batches_in_epoch = 0
-        self.previous_mean = 0.0
-
-    def on_train_batch_end(self, batch, logs=None):
-        # Keras reports the running mean since the epoch began; recover this
-        # step's own loss from two consecutive means.
-        self.batches_in_epoch += 1
-        mean = float(logs["loss"])
-        loss = mean * self.batches_in_epoch - self.previous_mean * (self.batches_in_epoch - 1)
-        self.previous_mean = mean
-        self.step += 1
-        lr = float(self.model.optimizer.learning_rate)
-        self.history.append({"step": self.step, "loss": loss, "learning_rate": lr,
-                             "val_loss": None})
-        if not math.isfinite(loss):
-            self.model.stop_training = True
-            self.log(f"step {self.step}: loss is {loss}; stopping. Try a lower "
-                     "learning_rate or dtype='float32'.")
-
-    def on_epoch_end(self, epoch, logs=None):
-        val_loss = float(logs["val_loss"])
-        self.history[-1]["val_loss"] = val_loss
-        improved = val_loss < self.best_val_loss
-        if improved:
-            self.best_val_loss, self.best_step = val_loss, self.step
-            self.best_weights = lora.lora_weights(self.model)
-            lora.save_adapter(self.model, self.run_dir / ADAPTER_DIR, self.base_preset)
-            self.evals_without_improvement = 0
-        else:
-            self.evals_without_improvement += 1
-        write_history(self.history, self.run_dir / HISTORY_FILE)
-        self.log(self._progress_line(val_loss, improved))
-        if self.evals_without_improvement > self.config.patience:
-            self.stopped_early = self.model.stop_training = True
-            self.log(f"Early stopping: no improvement for "
-                     f"{self.evals_without_improvement} evaluations.")
-
-    def _progress_line(self, val_loss: float, improved: bool) -> str:
-        elapsed = time.perf_counter() - self.start
-        per_step = elapsed / self.step
-        eta = per_step * (self.total_steps - self.step)
-        recent = [row["loss"] for row in self.history[-self.config.eval_every:]
-                  if row["loss"] is not None]
-        return (
-            f"step {self.step:>5}/{self.total_steps} | loss {np.mean(recent):.4f} | "
-            f"val_loss {val_loss:.4f}{' *' if improved else '  '} | "
-            f"{per_step:.2f} s/step | elapsed {_clock(elapsed)} | ETA {_clock(eta)}"
-        )
-
-    def restore_best(self) -> None:
-        """Put the best adapter's weights back into the model."""
-        if self.best_weights is None:
-            return
-        lora.assign_lora_weights(self.model, self.best_weights, "best adapter")
 
 
 def _clock(seconds: float) -> str:
@@ -264,10 +152,13 @@ def train(
 ) -> TrainResult:
     """Fine-tune the LoRA weights of `model` and keep the best adapter.
 
-    Validation loss is computed every `config.eval_every` steps; the adapter
-    with the lowest validation loss is saved to `<run_dir>/adapter` (the
-    previous best stays in place until the new one is complete) and is the
-    one left in the model at the end.
+    Examples are tokenized once by the model's preprocessor, batched with
+    length buckets, and trained with a compiled step that computes logits
+    only where the loss is (see `batching` and `steps`). Validation loss is
+    computed before training and every `config.eval_every` steps; the
+    adapter with the lowest validation loss is saved to `<run_dir>/adapter`
+    (the previous best stays in place until the new one is complete) and is
+    the one left in the model at the end.
 
     Args:
         model: a KerasHub `CausalLM` with LoRA enabled.
@@ -286,40 +177,78 @@ def train(
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     total_steps = config.training_steps(len(train_examples["prompts"]))
-    chunks = math.ceil(total_steps / config.eval_every)
-    total_steps = chunks * config.eval_every
-    model.preprocessor.sequence_length = config.sequence_length
-    model.compile(
-        optimizer=make_optimizer(config, total_steps),
-        loss=response_loss(),
-        weighted_metrics=[],
-        sampler="greedy",
-    )
-    monitor = _TrainingMonitor(config, total_steps, run_dir, config.preset, log)
-    validation = make_dataset(validation_examples, config.eval_batch_size)
+    buckets = batching.bucket_lengths(config.sequence_length)
+    train_split = batching.tokenize(model.preprocessor, train_examples, config.sequence_length)
+    val_split = batching.tokenize(model.preprocessor, validation_examples, config.sequence_length)
+    train_buffer = batching.loss_buffer_size(train_split)
+    val_buffer = batching.loss_buffer_size(val_split)
+    steps = CompiledSteps(model, make_optimizer(config, total_steps))
+
+    def validation_loss() -> float:
+        return steps.mean_loss(batching.evaluation_batches(
+            val_split, config.eval_batch_size, buckets, val_buffer))
+
     start = time.perf_counter()
-    initial_val_loss = float(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
-    monitor.history.append({"step": 0, "loss": None, "learning_rate": 0.0,
-                            "val_loss": initial_val_loss})
-    log(f"Training {total_steps} steps of {config.batch_size} examples; validation "
-        f"every {config.eval_every} steps (before training: val_loss {initial_val_loss:.4f}).")
-    model.fit(
-        make_dataset(train_examples, config.batch_size, shuffle_seed=config.seed, repeat=True),
-        validation_data=validation,
-        steps_per_epoch=config.eval_every,
-        epochs=chunks,
-        callbacks=[monitor],
-        shuffle=False,  # The dataset shuffles itself, with the run's seed.
-        verbose=0,
-    )
-    seconds = time.perf_counter() - start
-    monitor.restore_best()
+    best_val_loss = validation_loss()
+    history = [{"step": 0, "loss": None, "learning_rate": 0.0, "val_loss": best_val_loss}]
+    log(f"Training {total_steps} steps of {config.batch_size} examples; validation every "
+        f"{config.eval_every} steps (before training: val_loss {best_val_loss:.4f}).")
+    best_step, best_values, evals_without_improvement = 0, None, 0
+    stopped_early = False
+    batches = batching.training_batches(train_split, config.batch_size, config.seed,
+                                        buckets, train_buffer)
+    for step in range(1, total_steps + 1):
+        learning_rate = steps.learning_rate()
+        loss = steps.train_step(next(batches))
+        history.append({"step": step, "loss": loss, "learning_rate": learning_rate,
+                        "val_loss": None})
+        if not math.isfinite(loss):
+            log(f"step {step}: loss is {loss}; stopping. Try a lower learning_rate "
+                "or dtype='float32'.")
+            break
+        if step % config.eval_every and step != total_steps:
+            continue
+        val_loss = validation_loss()
+        history[-1]["val_loss"] = val_loss
+        improved = val_loss < best_val_loss or best_values is None
+        if improved:
+            best_val_loss, best_step = val_loss, step
+            best_values = steps.trainable_values()
+            steps.write_back()
+            lora.save_adapter(model, run_dir / ADAPTER_DIR, config.preset)
+            evals_without_improvement = 0
+        else:
+            evals_without_improvement += 1
+        write_history(history, run_dir / HISTORY_FILE)
+        log(_progress_line(history, config, total_steps, time.perf_counter() - start, improved))
+        if evals_without_improvement > config.patience:
+            stopped_early = True
+            log(f"Early stopping: no improvement for {evals_without_improvement} evaluations.")
+            break
+    steps.write_back()
+    if best_values is not None:
+        lora.assign_lora_weights(model, best_values, "best adapter")
     return TrainResult(
-        history=monitor.history,
-        best_step=monitor.best_step,
-        best_val_loss=monitor.best_val_loss,
-        steps=monitor.step,
-        stopped_early=monitor.stopped_early,
-        seconds=seconds,
+        history=history,
+        best_step=best_step,
+        best_val_loss=best_val_loss,
+        steps=history[-1]["step"],
+        stopped_early=stopped_early,
+        seconds=time.perf_counter() - start,
         adapter_dir=run_dir / ADAPTER_DIR,
     )
+
+
+def _progress_line(history: list[dict], config: RunConfig, total_steps: int,
+                   elapsed: float, improved: bool) -> str:
+    step = history[-1]["step"]
+    per_step = elapsed / step
+    recent = [row["loss"] for row in history[-config.eval_every:] if row["loss"] is not None]
+    return (
+        f"step {step:>5}/{total_steps} | loss {np.mean(recent):.4f} | "
+        f"val_loss {history[-1]['val_loss']:.4f}{' *' if improved else '  '} | "
+        f"{per_step:.2f} s/step | elapsed {_clock(elapsed)} | "
+        f"ETA {_clock(per_step * (total_steps - step))}"
+    )
+
+

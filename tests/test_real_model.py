@@ -7,11 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from gemma_lora import batching
 from gemma_lora import data
 from gemma_lora import lora
 from gemma_lora import models
 from gemma_lora import train
 from gemma_lora.config import RunConfig
+from gemma_lora.steps import CompiledSteps
 
 pytestmark = pytest.mark.real_model
 
@@ -30,13 +32,13 @@ def order_examples():
 
 
 def test_a_few_lora_steps_lower_the_loss_on_a_fixed_batch(lora_model, order_examples):
-    batch = train.make_dataset({key: values[:4] for key, values in order_examples.items()}, 4)
-    lora_model.preprocessor.sequence_length = 128
-    lora_model.compile(optimizer=train.make_optimizer(RunConfig(learning_rate=1e-3, warmup_steps=0), 10),
-                       loss=train.response_loss(), weighted_metrics=[])
-    before = float(lora_model.evaluate(batch, verbose=0))
-    lora_model.fit(batch.repeat(), steps_per_epoch=4, epochs=1, shuffle=False, verbose=0)
-    after = float(lora_model.evaluate(batch, verbose=0))
+    split = batching.tokenize(lora_model.preprocessor, {k: v[:4] for k, v in order_examples.items()}, 128)
+    batch = batching.make_batch(split, np.arange(4), (128,), batching.loss_buffer_size(split))
+    steps = CompiledSteps(lora_model, train.make_optimizer(RunConfig(learning_rate=1e-3, warmup_steps=0), 10))
+    before = steps.mean_loss([batch])
+    for _ in range(4):
+        steps.train_step(batch)
+    after = steps.mean_loss([batch])
     assert after < 0.8 * before, (before, after)
 
 

@@ -1,0 +1,199 @@
+"""Tokenize once, then cut batches with little padding and a loss buffer.
+
+A split is tokenized a single time by the model's own KerasHub preprocessor
+(so prompts, responses, special tokens and truncation are exactly KerasHub's)
+into numpy arrays. Batches are then assembled without TensorFlow:
+
+- **length buckets**: each batch is cut to the smallest bucket length that
+  holds its longest example, instead of always `sequence_length`, so short
+  data does not pay for padding; a few fixed buckets keep the number of
+  compiled shapes small;
+- **loss positions**: the positions whose next token carries loss (the
+  response) are gathered into a fixed-size buffer, so the vocabulary
+  projection, by far the largest matrix product of a small Gemma, is computed
+  only there.
+
+Neither changes the loss: padding never reaches a real token (causal
+attention with a padding mask) and the loss only ever read those positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedSplit:
+    """A split as token arrays, ready to batch.
+
+    Args:
+        token_ids: `[N, sequence_length]` int32 model inputs.
+        padding_mask: `[N, sequence_length]` bool, True on real tokens.
+        labels: `[N, sequence_length]` int32 next-token targets.
+        loss_weights: `[N, sequence_length]` float32, 1 where the target is
+            a response token (or the end token), else 0.
+    """
+
+    token_ids: np.ndarray
+    padding_mask: np.ndarray
+    labels: np.ndarray
+    loss_weights: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Real tokens per example."""
+        return self.padding_mask.sum(axis=1)
+
+    @property
+    def loss_tokens(self) -> np.ndarray:
+        """Loss-bearing tokens per example."""
+        return (self.loss_weights > 0).sum(axis=1)
+
+
+def tokenize(preprocessor, examples: dict[str, list[str]], sequence_length: int) -> TokenizedSplit:
+    """Run a KerasHub `CausalLMPreprocessor` once over a whole split.
+
+    Args:
+        preprocessor: the model's preprocessor.
+        examples: `{"prompts", "responses"}`.
+        sequence_length: tokens per example (longer ones are truncated).
+
+    Returns:
+        A `TokenizedSplit`.
+
+    Example:
+    >>> split = tokenize(model.preprocessor, examples, sequence_length=128)
+    >>> split.token_ids.shape
+    (2400, 128)
+    """
+    preprocessor.sequence_length = sequence_length
+    x, y, weights = preprocessor(dict(examples))
+    return TokenizedSplit(
+        token_ids=np.asarray(x["token_ids"], dtype="int32"),
+        padding_mask=np.asarray(x["padding_mask"], dtype=bool),
+        labels=np.asarray(y, dtype="int32"),
+        loss_weights=np.asarray(weights, dtype="float32"),
+    )
+
+
+def bucket_lengths(sequence_length: int, num_buckets: int = 4) -> tuple[int, ...]:
+    """Evenly spaced bucket lengths up to `sequence_length`, multiples of 8.
+
+    Args:
+        sequence_length: the longest bucket.
+        num_buckets: how many lengths (each one compiled once).
+
+    Returns:
+        Increasing lengths ending with `sequence_length`.
+
+    Example:
+    >>> bucket_lengths(128)
+    (32, 64, 96, 128)
+    """
+    step = max(8, math.ceil(sequence_length / num_buckets / 8) * 8)
+    lengths = list(range(step, sequence_length, step)) + [sequence_length]
+    return tuple(lengths)
+
+
+def loss_buffer_size(split: TokenizedSplit, multiple: int = 8) -> int:
+    """Loss positions to gather per example: the split's maximum, rounded up."""
+    most = int(split.loss_tokens.max()) if len(split) else 1
+    return max(multiple, math.ceil(most / multiple) * multiple)
+
+
+def make_batch(
+    split: TokenizedSplit,
+    indices: np.ndarray,
+    buckets: tuple[int, ...],
+    loss_buffer: int,
+) -> dict[str, np.ndarray]:
+    """Assemble one batch, cut to a bucket length, with gathered loss positions.
+
+    Args:
+        split: the tokenized split.
+        indices: which examples, in batch order.
+        buckets: allowed sequence lengths (from `bucket_lengths`).
+        loss_buffer: loss positions per example (from `loss_buffer_size`).
+
+    Returns:
+        `token_ids`, `padding_mask` (`[B, bucket]`), and `loss_positions`,
+        `loss_labels`, `loss_weights` (`[B, loss_buffer]`; unused slots have
+        weight 0).
+    """
+    longest = int(split.lengths[indices].max())
+    length = next((b for b in buckets if b >= longest), buckets[-1])
+    batch_size = len(indices)
+    positions = np.zeros((batch_size, loss_buffer), dtype="int32")
+    weights = np.zeros((batch_size, loss_buffer), dtype="float32")
+    for row, index in enumerate(indices):
+        where = np.flatnonzero(split.loss_weights[index] > 0)[:loss_buffer]
+        positions[row, : len(where)] = where
+        weights[row, : len(where)] = split.loss_weights[index, where]
+    labels = np.take_along_axis(split.labels[indices], positions, axis=1)
+    return {
+        "token_ids": split.token_ids[indices, :length],
+        "padding_mask": split.padding_mask[indices, :length],
+        "loss_positions": positions,
+        "loss_labels": labels,
+        "loss_weights": weights,
+    }
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """The example order of one pass: a permutation fixed by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def training_batches(
+    split: TokenizedSplit,
+    batch_size: int,
+    seed: int,
+    buckets: tuple[int, ...],
+    loss_buffer: int,
+    start_step: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless shuffled training batches, reproducible from (seed, step).
+
+    Each pass over the data is a fresh permutation; a batch never spans two
+    passes (the last partial batch of a pass is dropped). Starting at
+    `start_step` gives exactly the batches a run from step 0 would have seen
+    from there on, which is what resuming needs.
+
+    Args:
+        split: the tokenized training split.
+        batch_size: examples per batch.
+        seed: the run's seed.
+        buckets: allowed sequence lengths.
+        loss_buffer: loss positions per example.
+        start_step: index of the first batch to yield.
+
+    Yields:
+        Batches from `make_batch`.
+    """
+    per_epoch = max(1, len(split) // batch_size)
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        order = epoch_order(len(split), seed, epoch)
+        indices = order[offset * batch_size:(offset + 1) * batch_size]
+        yield make_batch(split, indices, buckets, loss_buffer)
+        step += 1
+
+
+def evaluation_batches(
+    split: TokenizedSplit,
+    batch_size: int,
+    buckets: tuple[int, ...],
+    loss_buffer: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass in batches; the last batch may be smaller."""
+    for start in range(0, len(split), batch_size):
+        yield make_batch(split, np.arange(start, min(start + batch_size, len(split))),
+                         buckets, loss_buffer)

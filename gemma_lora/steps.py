@@ -1,0 +1,120 @@
+"""Compiled training and evaluation steps for a KerasHub `CausalLM` (JAX).
+
+The steps are pure functions of the variables' values (Keras' stateless API),
+compiled once per batch shape with `jax.jit`:
+
+- the backbone runs on the batch's tokens and returns hidden states;
+- only the hidden states at the loss positions gathered by `batching` go
+  through the tied vocabulary projection (with Gemma's logit soft cap, if
+  any), so the `[batch, length, vocabulary]` logits are never built;
+- the loss is the mean cross-entropy over loss-bearing tokens, the same
+  number KerasHub's `fit` reports with `reduction="mean_with_sample_weight"`;
+- the optimizer update (clipping, weight decay, schedule) is Keras' own
+  `optimizer.stateless_apply`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+
+class CompiledSteps:
+    """Jitted train and loss steps bound to one model and optimizer.
+
+    The model's variables are read once into `self.trainable`,
+    `self.non_trainable` and `self.optimizer_state`; steps update these
+    arrays, and `write_back()` copies them into the Keras variables (for
+    saving, generating or evaluating with Keras).
+
+    Args:
+        model: a KerasHub `CausalLM` with LoRA (or other trainable weights).
+        optimizer: a Keras optimizer; built here on the trainable variables.
+
+    Example:
+    >>> steps = CompiledSteps(model, make_optimizer(config, total_steps=100))
+    >>> loss = steps.train_step(batch)
+    >>> steps.write_back()
+    """
+
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None):
+        self.backbone = model.backbone
+        self.trainable_variables = list(self.backbone.trainable_variables)
+        self.non_trainable_variables = list(self.backbone.non_trainable_variables)
+        self.optimizer = optimizer
+        self.trainable = [v.value for v in self.trainable_variables]
+        self.non_trainable = [v.value for v in self.non_trainable_variables]
+        if optimizer is not None:
+            optimizer.build(self.trainable_variables)
+            self.optimizer_state = [v.value for v in optimizer.variables]
+        self._train_step = jax.jit(self._train_step_fn)
+        self._loss_step = jax.jit(self._loss_fn)
+
+    # === Pure functions ===
+
+    def _loss_fn(self, trainable, non_trainable, batch):
+        mapping = list(zip(self.trainable_variables, trainable)) + list(
+            zip(self.non_trainable_variables, non_trainable)
+        )
+        with keras.StatelessScope(state_mapping=mapping):
+            hidden = self.backbone(
+                {"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
+                training=True,
+            )
+            picked = jnp.take_along_axis(hidden, batch["loss_positions"][..., None], axis=1)
+            logits = self.backbone.token_embedding(picked, reverse=True)
+        log_probs = jax.nn.log_softmax(logits.astype("float32"), axis=-1)
+        token_loss = -jnp.take_along_axis(log_probs, batch["loss_labels"][..., None], axis=-1)[..., 0]
+        weights = batch["loss_weights"]
+        return jnp.sum(token_loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+    def _train_step_fn(self, trainable, non_trainable, optimizer_state, batch):
+        loss, grads = jax.value_and_grad(self._loss_fn)(trainable, non_trainable, batch)
+        trainable, optimizer_state = self.optimizer.stateless_apply(
+            optimizer_state, grads, trainable
+        )
+        return loss, trainable, optimizer_state
+
+    # === Public steps ===
+
+    def train_step(self, batch: dict[str, np.ndarray]) -> float:
+        """One optimizer step on `batch`; returns the loss before the update."""
+        loss, self.trainable, self.optimizer_state = self._train_step(
+            self.trainable, self.non_trainable, self.optimizer_state, batch
+        )
+        return float(loss)
+
+    def loss(self, batch: dict[str, np.ndarray]) -> tuple[float, float]:
+        """Summed token loss and token count of `batch`, without updating."""
+        mean = self._loss_step(self.trainable, self.non_trainable, batch)
+        count = float(np.sum(batch["loss_weights"]))
+        return float(mean) * count, count
+
+    def mean_loss(self, batches) -> float:
+        """Mean loss per loss-bearing token over an iterable of batches."""
+        total = count = 0.0
+        for batch in batches:
+            batch_total, batch_count = self.loss(batch)
+            total, count = total + batch_total, count + batch_count
+        return total / max(count, 1.0)
+
+    def learning_rate(self) -> float:
+        """The optimizer's current learning rate."""
+        iterations = self.optimizer_state[self.optimizer.variables.index(self.optimizer.iterations)]
+        schedule = self.optimizer._learning_rate
+        return float(schedule(iterations) if callable(schedule) else schedule)
+
+    def write_back(self) -> None:
+        """Copy the step's variable values into the model and optimizer."""
+        for variable, value in zip(self.trainable_variables, self.trainable):
+            variable.assign(value)
+        if self.optimizer is not None:
+            for variable, value in zip(self.optimizer.variables, self.optimizer_state):
+                variable.assign(value)
+
+    def trainable_values(self) -> dict[str, np.ndarray]:
+        """Current trainable values as numpy arrays keyed by variable path."""
+        return {v.path: np.asarray(value) for v, value in zip(self.trainable_variables, self.trainable)}
+
