@@ -52,6 +52,11 @@ class RunConfig:
         epochs: passes over the training split when `max_steps` is `None`.
         eval_every: steps between validation-loss evaluations.
         patience: evaluations without improvement before early stopping.
+        checkpoint_every: steps between checkpoints (adapter, optimizer
+            state, progress); `None` means every `eval_every` steps.
+        keep_checkpoints: how many of the newest checkpoints to keep.
+        resume: continue from the newest checkpoint in `run_dir` (refused
+            if it was made by a different configuration).
         max_new_tokens: generation budget per test example.
         eval_batch_size: examples per batch when evaluating and generating.
         num_samples: side-by-side sample generations shown in the report.
@@ -85,6 +90,9 @@ class RunConfig:
     epochs: float = 1.0
     eval_every: int = 25
     patience: int = 3
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 2
+    resume: bool = False
     max_new_tokens: int = 48
     eval_batch_size: int = 16
     num_samples: int = 5
@@ -102,6 +110,11 @@ class RunConfig:
             _check_int(name, getattr(self, name), minimum=0)
         if self.max_steps is not None:
             _check_int("max_steps", self.max_steps, minimum=1)
+        if self.checkpoint_every is not None:
+            _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
+        _check_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
+        if not isinstance(self.resume, bool):
+            raise ConfigError(f"resume must be True or False; got {self.resume!r}.")
         _check_positive("learning_rate", self.learning_rate)
         _check_positive("epochs", self.epochs)
         if self.alpha is not None:
@@ -128,6 +141,11 @@ class RunConfig:
             )
         if not self.target_layers:
             raise ConfigError("target_layers must name at least one layer.")
+
+    @property
+    def checkpoint_interval(self) -> int:
+        """Steps between checkpoints: `checkpoint_every`, else `eval_every`."""
+        return self.checkpoint_every or self.eval_every
 
     @property
     def lora_alpha(self) -> float:

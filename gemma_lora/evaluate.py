@@ -139,8 +139,9 @@ def generate_responses(
 ) -> list[str]:
     """Greedy generations for many prompts, in fixed-shape batches.
 
-    Every batch has the same shape (the last one is padded with repeats of
-    its first prompt), so the generate function compiles once.
+    Prompts are batched by length, and every batch has the same shape (the
+    last one is padded with repeats of its first prompt), so the generate
+    function compiles once.
 
     Args:
         model: a KerasHub `CausalLM` with a preprocessor.
@@ -158,15 +159,19 @@ def generate_responses(
     token_ids = model.preprocessor.tokenizer(list(prompts))
     if hasattr(token_ids, "to_list"):  # a tf.RaggedTensor under TensorFlow.
         token_ids = token_ids.to_list()
-    longest = max(len(ids) for ids in token_ids)
-    max_length = longest + 1 + max_new_tokens  # +1 for the start token.
-    outputs: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start:start + batch_size])
+    lengths = [len(ids) for ids in token_ids]
+    max_length = max(lengths) + 1 + max_new_tokens  # +1 for the start token.
+    # Decoding runs from the shortest prompt of a batch to max_length, so
+    # batching prompts of similar length saves steps; the order is restored.
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    outputs: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = [prompts[i] for i in chunk]
         padded = batch + [batch[0]] * (batch_size - len(batch))
         generated = model.generate(padded, max_length=max_length, strip_prompt=True)
-        outputs.extend(generated[: len(batch)])
-    return outputs
+        outputs.update(zip(chunk, generated))
+    return [outputs[i] for i in range(len(prompts))]
 
 
 def response_token_loss(

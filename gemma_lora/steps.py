@@ -72,19 +72,27 @@ class CompiledSteps:
 
     def _train_step_fn(self, trainable, non_trainable, optimizer_state, batch):
         loss, grads = jax.value_and_grad(self._loss_fn)(trainable, non_trainable, batch)
-        trainable, optimizer_state = self.optimizer.stateless_apply(
-            optimizer_state, grads, trainable
+        finite = jnp.isfinite(loss) & jnp.all(
+            jnp.array([jnp.all(jnp.isfinite(g)) for g in grads])
         )
-        return loss, trainable, optimizer_state
+        new_trainable, new_state = self.optimizer.stateless_apply(optimizer_state, grads, trainable)
+        # A non-finite loss or gradient leaves every value as it was.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        return loss, finite, keep(new_trainable, trainable), keep(new_state, optimizer_state)
 
     # === Public steps ===
 
-    def train_step(self, batch: dict[str, np.ndarray]) -> float:
-        """One optimizer step on `batch`; returns the loss before the update."""
-        loss, self.trainable, self.optimizer_state = self._train_step(
+    def train_step(self, batch: dict[str, np.ndarray]) -> tuple[float, bool]:
+        """One optimizer step on `batch`.
+
+        Returns:
+            The loss before the update, and whether the loss and every
+            gradient were finite; when they were not, nothing was updated.
+        """
+        loss, finite, self.trainable, self.optimizer_state = self._train_step(
             self.trainable, self.non_trainable, self.optimizer_state, batch
         )
-        return float(loss)
+        return float(loss), bool(finite)
 
     def loss(self, batch: dict[str, np.ndarray]) -> tuple[float, float]:
         """Summed token loss and token count of `batch`, without updating."""
@@ -113,6 +121,25 @@ class CompiledSteps:
         if self.optimizer is not None:
             for variable, value in zip(self.optimizer.variables, self.optimizer_state):
                 variable.assign(value)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Trainable values and optimizer state as named numpy arrays."""
+        arrays = self.trainable_values()
+        for index, value in enumerate(self.optimizer_state):
+            arrays[f"optimizer/{index:04d}"] = np.asarray(value)
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore values saved by `state_arrays` (sizes must match)."""
+        # Reshape: safetensors may store a scalar such as the step counter as [1].
+        self.trainable = [
+            jnp.asarray(arrays[v.path]).reshape(old.shape)
+            for v, old in zip(self.trainable_variables, self.trainable)
+        ]
+        self.optimizer_state = [
+            jnp.asarray(arrays[f"optimizer/{index:04d}"]).reshape(old.shape)
+            for index, old in enumerate(self.optimizer_state)
+        ]
 
     def trainable_values(self) -> dict[str, np.ndarray]:
         """Current trainable values as numpy arrays keyed by variable path."""

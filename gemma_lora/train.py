@@ -19,6 +19,7 @@ import dataclasses
 import io
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ import keras
 import numpy as np
 
 from gemma_lora import batching
+from gemma_lora import checkpoint
 from gemma_lora import lora
 from gemma_lora.config import RunConfig
 from gemma_lora.io_utils import write_text_atomic
@@ -108,9 +110,10 @@ class TrainResult:
             validation loss before training.
         best_step: the step whose adapter was kept.
         best_val_loss: its validation loss.
-        steps: steps actually run.
+        steps: the last step run.
         stopped_early: whether early stopping ended the run.
-        seconds: wall-clock training time.
+        diverged_at: the step whose loss or gradient was not finite, if any.
+        seconds: wall-clock training time of this call.
         adapter_dir: where the best adapter was saved.
     """
 
@@ -119,8 +122,35 @@ class TrainResult:
     best_val_loss: float
     steps: int
     stopped_early: bool
+    diverged_at: int | None
     seconds: float
     adapter_dir: Path
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Everything about a run's progress that a checkpoint must restore."""
+
+    history: list[dict]
+    best_val_loss: float
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    best_values: dict[str, np.ndarray] | None = None
+
+    @property
+    def step(self) -> int:
+        return self.history[-1]["step"]
+
+    def to_state(self, fingerprint: dict) -> dict:
+        return {"history": self.history, "best_val_loss": self.best_val_loss,
+                "best_step": self.best_step, "fingerprint": fingerprint,
+                "evals_without_improvement": self.evals_without_improvement}
+
+    @classmethod
+    def from_state(cls, state: dict, arrays: dict[str, np.ndarray]) -> "_Progress":
+        best = {k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")}
+        return cls(state["history"], state["best_val_loss"], state["best_step"],
+                   state["evals_without_improvement"], best or None)
 
 
 def _clock(seconds: float) -> str:
@@ -157,8 +187,11 @@ def train(
     only where the loss is (see `batching` and `steps`). Validation loss is
     computed before training and every `config.eval_every` steps; the
     adapter with the lowest validation loss is saved to `<run_dir>/adapter`
-    (the previous best stays in place until the new one is complete) and is
-    the one left in the model at the end.
+    and is the one left in the model at the end. A checkpoint is written
+    every `checkpoint_every` steps and at the end; with `config.resume`, a
+    run continues from its newest checkpoint and ends exactly as if it had
+    never stopped. A non-finite loss or gradient stops training without
+    applying that step.
 
     Args:
         model: a KerasHub `CausalLM` with LoRA enabled.
@@ -183,72 +216,112 @@ def train(
     train_buffer = batching.loss_buffer_size(train_split)
     val_buffer = batching.loss_buffer_size(val_split)
     steps = CompiledSteps(model, make_optimizer(config, total_steps))
+    run_fingerprint = checkpoint.fingerprint(config)
 
     def validation_loss() -> float:
         return steps.mean_loss(batching.evaluation_batches(
             val_split, config.eval_batch_size, buckets, val_buffer))
 
     start = time.perf_counter()
-    best_val_loss = validation_loss()
-    history = [{"step": 0, "loss": None, "learning_rate": 0.0, "val_loss": best_val_loss}]
-    log(f"Training {total_steps} steps of {config.batch_size} examples; validation every "
-        f"{config.eval_every} steps (before training: val_loss {best_val_loss:.4f}).")
-    best_step, best_values, evals_without_improvement = 0, None, 0
-    stopped_early = False
+    progress = _resume(config, run_fingerprint, steps, log)
+    if progress is None:
+        initial = validation_loss()
+        progress = _Progress([{"step": 0, "loss": None, "learning_rate": 0.0,
+                               "val_loss": initial}], best_val_loss=initial)
+        log(f"Training {total_steps} steps of {config.batch_size} examples; validation every "
+            f"{config.eval_every} steps (before training: val_loss {initial:.4f}).")
+    first_step = progress.step + 1
     batches = batching.training_batches(train_split, config.batch_size, config.seed,
-                                        buckets, train_buffer)
-    for step in range(1, total_steps + 1):
+                                        buckets, train_buffer, start_step=progress.step)
+    stopped_early = False
+    diverged_at = None
+    for step in range(first_step, total_steps + 1):
         learning_rate = steps.learning_rate()
-        loss = steps.train_step(next(batches))
-        history.append({"step": step, "loss": loss, "learning_rate": learning_rate,
-                        "val_loss": None})
-        if not math.isfinite(loss):
-            log(f"step {step}: loss is {loss}; stopping. Try a lower learning_rate "
-                "or dtype='float32'.")
+        loss, finite = steps.train_step(next(batches))
+        if not finite:
+            diverged_at = step
+            log(f"Step {step}: the loss or a gradient is not finite (loss {loss}); stopped "
+                f"without applying it. The best adapter (step {progress.best_step}) and the "
+                "last checkpoint are kept. Try a lower learning_rate, dtype='float32', or "
+                "a smaller gradient_clip_norm.")
             break
-        if step % config.eval_every and step != total_steps:
-            continue
-        val_loss = validation_loss()
-        history[-1]["val_loss"] = val_loss
-        improved = val_loss < best_val_loss or best_values is None
-        if improved:
-            best_val_loss, best_step = val_loss, step
-            best_values = steps.trainable_values()
-            steps.write_back()
-            lora.save_adapter(model, run_dir / ADAPTER_DIR, config.preset)
-            evals_without_improvement = 0
-        else:
-            evals_without_improvement += 1
-        write_history(history, run_dir / HISTORY_FILE)
-        log(_progress_line(history, config, total_steps, time.perf_counter() - start, improved))
-        if evals_without_improvement > config.patience:
-            stopped_early = True
-            log(f"Early stopping: no improvement for {evals_without_improvement} evaluations.")
+        progress.history.append({"step": step, "loss": loss, "learning_rate": learning_rate,
+                                 "val_loss": None})
+        if step % config.eval_every == 0 or step == total_steps:
+            improved = _evaluate(progress, validation_loss(), steps, model, config)
+            write_history(progress.history, run_dir / HISTORY_FILE)
+            log(_progress_line(progress.history, config, total_steps,
+                               (time.perf_counter() - start) / (step - first_step + 1), improved))
+            stopped_early = progress.evals_without_improvement > config.patience
+        if step % config.checkpoint_interval == 0 or step == total_steps or stopped_early:
+            _save_checkpoint(run_dir, steps, progress, run_fingerprint, config.keep_checkpoints)
+        if stopped_early:
+            log(f"Early stopping: no improvement for {progress.evals_without_improvement} "
+                "evaluations.")
             break
     steps.write_back()
-    if best_values is not None:
-        lora.assign_lora_weights(model, best_values, "best adapter")
+    if progress.best_values is not None:
+        lora.assign_lora_weights(model, progress.best_values, "best adapter")
     return TrainResult(
-        history=history,
-        best_step=best_step,
-        best_val_loss=best_val_loss,
-        steps=history[-1]["step"],
+        history=progress.history,
+        best_step=progress.best_step,
+        best_val_loss=progress.best_val_loss,
+        steps=progress.step,
         stopped_early=stopped_early,
+        diverged_at=diverged_at,
         seconds=time.perf_counter() - start,
         adapter_dir=run_dir / ADAPTER_DIR,
     )
 
 
+def _resume(config: RunConfig, fingerprint: dict, steps: CompiledSteps,
+            log: Callable[[str], None]) -> _Progress | None:
+    """Load the newest checkpoint when resuming; start clean otherwise."""
+    if not config.resume:
+        shutil.rmtree(Path(config.run_dir) / checkpoint.CHECKPOINTS_DIR, ignore_errors=True)
+        return None
+    folder = checkpoint.latest(config.run_dir)
+    if folder is None:
+        log(f"resume=True but {config.run_dir} has no checkpoint yet: starting from step 0.")
+        return None
+    arrays, state = checkpoint.load(folder, fingerprint)
+    steps.load_state_arrays(arrays)
+    progress = _Progress.from_state(state, arrays)
+    log(f"Resuming from {folder} (step {progress.step}, best val_loss "
+        f"{progress.best_val_loss:.4f} at step {progress.best_step}).")
+    return progress
+
+
+def _evaluate(progress: _Progress, val_loss: float, steps: CompiledSteps,
+              model: keras.Model, config: RunConfig) -> bool:
+    """Record a validation loss; save the adapter when it is the best so far."""
+    progress.history[-1]["val_loss"] = val_loss
+    improved = val_loss < progress.best_val_loss or progress.best_values is None
+    if improved:
+        progress.best_val_loss, progress.best_step = val_loss, progress.step
+        progress.best_values = steps.trainable_values()
+        progress.evals_without_improvement = 0
+        steps.write_back()
+        lora.save_adapter(model, Path(config.run_dir) / ADAPTER_DIR, config.preset)
+    else:
+        progress.evals_without_improvement += 1
+    return improved
+
+
+def _save_checkpoint(run_dir: Path, steps: CompiledSteps, progress: _Progress,
+                     fingerprint: dict, keep: int) -> None:
+    arrays = steps.state_arrays()
+    for path, value in (progress.best_values or {}).items():
+        arrays[f"best/{path}"] = value
+    checkpoint.save(run_dir, progress.step, arrays, progress.to_state(fingerprint), keep)
+
+
 def _progress_line(history: list[dict], config: RunConfig, total_steps: int,
-                   elapsed: float, improved: bool) -> str:
+                   seconds_per_step: float, improved: bool) -> str:
     step = history[-1]["step"]
-    per_step = elapsed / step
     recent = [row["loss"] for row in history[-config.eval_every:] if row["loss"] is not None]
     return (
         f"step {step:>5}/{total_steps} | loss {np.mean(recent):.4f} | "
         f"val_loss {history[-1]['val_loss']:.4f}{' *' if improved else '  '} | "
-        f"{per_step:.2f} s/step | elapsed {_clock(elapsed)} | "
-        f"ETA {_clock(per_step * (total_steps - step))}"
+        f"{seconds_per_step:.2f} s/step | ETA {_clock(seconds_per_step * (total_steps - step))}"
     )
-
-

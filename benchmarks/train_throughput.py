@@ -1,0 +1,277 @@
+"""Training throughput: stock KerasHub LoRA + `fit` against gemma_lora's step.
+
+Models are built at real size with random weights from a KerasHub config
+(no download; exact for speed and memory). Both paths train on the same
+batches of token ids drawn from a length distribution:
+
+- `full`: every row is `--max-length` real tokens, half prompt;
+- `data:PATH`: prompt/response lengths of an Alpaca-style file, tokenized
+  with the Gemma 3 tokenizer of the offline preset (needs TensorFlow);
+- `parametric:MEAN`: lengths uniform in [0.1, 2·MEAN - 0.1] of the maximum,
+  prompt half of each example (`MEAN` e.g. 0.33).
+
+Each variant runs in its own process (so peak memory is its own), warms up,
+then times `--steps` steps, synchronising on the loss every step.
+
+Columns: effective tokens/s counts loss-bearing (response) tokens; processed
+tokens/s counts the positions the step computes (padding included); MFU =
+processed tokens/s x FLOPs per token / peak, with FLOPs per token = 4·N_mult
+(forward plus activation gradients over every multiplied weight, the
+vocabulary projection included) + 3 x attention forward (2·2·L·T_avg·H·d per
+token) + 6·r·(d_in + d_out) per LoRA module; the peak is measured with a
+large matmul on the same device. On CPU, peak memory is the process's peak
+RSS; on GPU, JAX's `peak_bytes_in_use`.
+
+Example (CPU, the default notebook's data and settings):
+    python benchmarks/train_throughput.py --arch gemma3_270m --batch 4 \\
+        --max-length 128 --lengths data:data/order_extraction.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+
+ARCHS = {
+    "gemma3_270m": dict(cls="Gemma3Backbone", vocabulary_size=262144, num_layers=18, num_query_heads=4,
+                        num_key_value_heads=1, hidden_dim=640, intermediate_dim=2048, head_dim=256,
+                        query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
+                        use_sliding_window_attention=True, sliding_window_size=512, image_size=None),
+    "gemma3_1b": dict(cls="Gemma3Backbone", vocabulary_size=262144, num_layers=26, num_query_heads=4,
+                      num_key_value_heads=1, hidden_dim=1152, intermediate_dim=6912, head_dim=256,
+                      query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
+                      use_sliding_window_attention=True, sliding_window_size=512, image_size=None),
+    "gemma2_2b": dict(cls="GemmaBackbone", vocabulary_size=256000, num_layers=26, num_query_heads=8,
+                      num_key_value_heads=4, hidden_dim=2304, intermediate_dim=18432, head_dim=256,
+                      query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
+                      final_logit_soft_cap=30.0, attention_logit_soft_cap=50.0,
+                      use_sliding_window_attention=True, sliding_window_size=4096),
+}
+TARGETS = {"qv": ("query", "value"),
+           "all": ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")}
+
+
+def sample_lengths(spec: str, count: int, max_length: int, seed: int):
+    """(prompt_length, response_length) pairs, each total <= max_length."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if spec == "full":
+        half = max_length // 2
+        return [(half, max_length - half)] * count
+    if spec.startswith("parametric:"):
+        mean = float(spec.split(":", 1)[1])
+        totals = rng.uniform(0.1, 2 * mean - 0.1, size=count) * max_length
+        totals = np.clip(totals.astype(int), 4, max_length)
+        return [(int(t) // 2, int(t) - int(t) // 2) for t in totals]
+    if spec.startswith("data:"):
+        from gemma_lora import data, gguf
+        import keras_hub
+
+        examples = data.to_prompt_response(data.read_records(spec.split(":", 1)[1]))
+        tokenizer = keras_hub.models.Gemma3Tokenizer.from_preset(str(gguf.gemma3_270m_preset()))
+        prompts = [len(ids) + 1 for ids in tokenizer(examples["prompts"])]  # + start token
+        responses = [len(ids) + 1 for ids in tokenizer(examples["responses"])]  # + end token
+        order = rng.integers(0, len(prompts), size=count)
+        pairs = []
+        for i in order:
+            prompt = min(prompts[i], max_length - 1)
+            pairs.append((prompt, min(responses[i], max_length - prompt)))
+        return pairs
+    raise SystemExit(f"--lengths must be 'full', 'data:PATH' or 'parametric:MEAN'; got {spec!r}")
+
+
+def make_split(pairs, vocabulary_size: int, max_length: int, seed: int):
+    """A TokenizedSplit of random token ids with the given prompt/response lengths."""
+    import numpy as np
+    from gemma_lora.batching import TokenizedSplit
+
+    rng = np.random.default_rng(seed)
+    count = len(pairs)
+    ids = rng.integers(10, vocabulary_size, size=(count, max_length + 1)).astype("int32")
+    mask = np.zeros((count, max_length + 1), bool)
+    weights = np.zeros((count, max_length), "float32")
+    for row, (prompt, response) in enumerate(pairs):
+        mask[row, : prompt + response] = True
+        weights[row, prompt - 1: prompt + response - 1] = 1.0
+    ids[~mask] = 0
+    return TokenizedSplit(ids[:, :-1], mask[:, :-1], ids[:, 1:], weights * mask[:, 1:])
+
+
+def flops_per_token(config: dict, rank: int, targets, avg_context: float) -> float:
+    """Training FLOPs per processed token for a frozen base with LoRA (see module doc)."""
+    d, f, h, kv, hd, v, n = (config[k] for k in ("hidden_dim", "intermediate_dim", "num_query_heads",
+                                                "num_key_value_heads", "head_dim", "vocabulary_size",
+                                                "num_layers"))
+    shapes = {"query": (d, h * hd), "key": (d, kv * hd), "value": (d, kv * hd),
+              "attention_output": (h * hd, d), "ffw_gating": (d, f), "ffw_gating_2": (d, f),
+              "ffw_linear": (f, d)}
+    multiplied = n * sum(a * b for a, b in shapes.values()) + v * d
+    attention = n * 2 * 2 * avg_context * h * hd
+    lora = n * sum(6 * rank * sum(shapes[t]) for t in targets)
+    return 4 * multiplied + 3 * attention + lora
+
+
+def peak_memory_gib() -> float:
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        return device.memory_stats()["peak_bytes_in_use"] / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def matmul_peak_flops() -> float:
+    import jax
+    import jax.numpy as jnp
+
+    size = 2048 if jax.devices()[0].platform == "cpu" else 8192
+    dtype = "float32" if jax.devices()[0].platform == "cpu" else "bfloat16"
+    a = jnp.ones((size, size), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(5):
+        f(a).block_until_ready()
+    return 5 * 2 * size**3 / (time.perf_counter() - start)
+
+
+def build_model(args):
+    import keras
+    import keras_hub
+
+    config = dict(ARCHS[args.arch])
+    cls = getattr(keras_hub.models, config.pop("cls"))
+    if cls is keras_hub.models.GemmaBackbone:
+        for key in ("use_post_ffw_norm", "use_post_attention_norm", "image_size"):
+            config.pop(key, None)
+    keras.utils.set_random_seed(0)
+    backbone = cls(dtype=args.dtype, **config)
+    task = (keras_hub.models.Gemma3CausalLM if cls is keras_hub.models.Gemma3Backbone
+            else keras_hub.models.GemmaCausalLM)
+    return task(backbone=backbone, preprocessor=None)
+
+
+def run_variant(args) -> dict:
+    import jax
+    import numpy as np
+    from gemma_lora import batching, lora, train
+    from gemma_lora.config import RunConfig
+
+    pairs = sample_lengths(args.lengths, args.batch * (args.steps + args.warmup), args.max_length, args.seed)
+    split = make_split(pairs, ARCHS[args.arch]["vocabulary_size"], args.max_length, args.seed)
+    model = build_model(args)
+    targets = TARGETS[args.targets]
+    config = RunConfig(rank=args.rank, learning_rate=1e-4, warmup_steps=0, max_steps=10_000)
+    step_times = []
+    order = np.arange(len(split))
+    batches_idx = [order[i * args.batch:(i + 1) * args.batch] for i in range(args.steps + args.warmup)]
+
+    if args.variant == "stock":
+        import keras
+
+        model.backbone.enable_lora(args.rank, target_layer_names=list(targets))
+        model.compile(optimizer=train.make_optimizer(config, 10_000),
+                      loss=keras.losses.SparseCategoricalCrossentropy(
+                          from_logits=True, reduction="mean_with_sample_weight"),
+                      weighted_metrics=[])
+        processed = [args.batch * args.max_length] * len(batches_idx)
+
+        class Clock(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_train_batch_end(self, batch, logs=None):
+                float(logs["loss"])
+                step_times.append(time.perf_counter() - self.start)
+
+        x = {"token_ids": split.token_ids, "padding_mask": split.padding_mask}
+        model.fit(x, split.labels, sample_weight=split.loss_weights, batch_size=args.batch,
+                  epochs=1, shuffle=False, verbose=0, callbacks=[Clock()])
+    else:
+        from gemma_lora.steps import CompiledSteps
+
+        lora.enable_lora(model, args.rank, target_layers=targets)
+        steps = CompiledSteps(model, train.make_optimizer(config, 10_000))
+        buckets = batching.bucket_lengths(args.max_length)
+        buffer = batching.loss_buffer_size(split)
+        processed = []
+        for indices in batches_idx:
+            batch = batching.make_batch(split, indices, buckets, buffer)
+            processed.append(batch["token_ids"].size)
+            start = time.perf_counter()
+            steps.train_step(batch)
+            step_times.append(time.perf_counter() - start)
+
+    timed = step_times[args.warmup:]
+    effective = [float(split.loss_weights[i].sum()) for i in batches_idx][args.warmup:]
+    real = [int(split.padding_mask[i].sum()) for i in batches_idx][args.warmup:]
+    seconds = sum(timed)
+    avg_context = float(np.mean([p + r for p, r in pairs])) / 2
+    peak = matmul_peak_flops()
+    processed_timed = processed[args.warmup:]
+    flops = flops_per_token(ARCHS[args.arch], args.rank, targets, avg_context)
+    return {
+        "variant": args.variant,
+        "device": str(jax.devices()[0].device_kind),
+        "median_step_s": float(np.median(timed)),
+        "effective_tokens_per_s": sum(effective) / seconds,
+        "processed_tokens_per_s": sum(processed_timed) / seconds,
+        "padding_fraction": 1 - sum(real) / sum(processed_timed),
+        "peak_memory_gib": peak_memory_gib(),
+        "mfu": sum(processed_timed) / seconds * flops / peak,
+        "first_step_s": step_times[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="gemma3_270m")
+    parser.add_argument("--targets", choices=sorted(TARGETS), default="qv")
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--lengths", default="full")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", default="stock,ours")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant:
+        print("RESULT " + json.dumps(run_variant(args)), flush=True)
+        return
+    results = []
+    for variant in args.variants.split(","):
+        command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        output = subprocess.run(command, capture_output=True, text=True)
+        lines = [l for l in output.stdout.splitlines() if l.startswith("RESULT ")]
+        if output.returncode or not lines:
+            sys.stderr.write(output.stderr[-3000:])
+            raise SystemExit(f"variant {variant} failed")
+        results.append(json.loads(lines[-1][7:]))
+    print(f"\n{args.arch}, LoRA {args.targets} r={args.rank}, batch {args.batch}, max length "
+          f"{args.max_length}, lengths {args.lengths}, dtype {args.dtype}, {args.steps} timed steps "
+          f"on {results[0]['device']}")
+    header = ("variant", "step s", "eff tok/s", "proc tok/s", "padding", "peak GiB", "MFU", "1st step s")
+    print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+    for r in results:
+        print(f"| {r['variant']} | {r['median_step_s']:.3f} | {r['effective_tokens_per_s']:,.0f} | "
+              f"{r['processed_tokens_per_s']:,.0f} | {r['padding_fraction']:.0%} | "
+              f"{r['peak_memory_gib']:.2f} | {r['mfu']:.1%} | {r['first_step_s']:.1f} |")
+    if len(results) == 2:
+        print(f"\nstep time ours/stock: {results[1]['median_step_s'] / results[0]['median_step_s']:.2f}x; "
+              f"effective tokens/s ours/stock: "
+              f"{results[1]['effective_tokens_per_s'] / results[0]['effective_tokens_per_s']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Training checkpoints: complete or absent, newest K kept, resumable.
+
+A checkpoint is a folder `<run_dir>/checkpoints/step-000150/` holding
+`arrays.safetensors` (trainable weights, optimizer state and the best
+adapter so far, as numpy arrays) and `state.json` (step, history, early
+stopping counters and the run's fingerprint). It is written under a temporary
+name, fsynced and renamed into place, so a run killed at any moment leaves
+either the previous checkpoint or the new one, never half of one. The data
+position needs no saving: batches are a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+from safetensors.numpy import save_file
+
+from gemma_lora.config import RunConfig
+from gemma_lora.errors import ConfigError
+from gemma_lora.io_utils import atomic_directory
+from gemma_lora.io_utils import write_json_atomic
+
+CHECKPOINTS_DIR = "checkpoints"
+ARRAYS_FILE = "arrays.safetensors"
+STATE_FILE = "state.json"
+_NAME = re.compile(r"step-(\d{6,})")
+
+# Parameters that change what the next step computes: resuming under a
+# different value would silently mix two runs.
+FINGERPRINT_FIELDS = (
+    "preset", "dtype", "data_path", "data_fields", "template", "validation_fraction",
+    "test_fraction", "rank", "alpha", "target_layers", "sequence_length", "batch_size",
+    "learning_rate", "weight_decay", "warmup_steps", "lr_schedule", "gradient_clip_norm",
+    "max_steps", "epochs", "seed",
+)
+
+
+def fingerprint(config: RunConfig) -> dict[str, Any]:
+    """What a checkpoint must share with the config that resumes it.
+
+    Args:
+        config: the run's parameters.
+
+    Returns:
+        The fingerprint fields' values plus the data file's sha256.
+    """
+    values = {name: getattr(config, name) for name in FINGERPRINT_FIELDS}
+    values["target_layers"] = list(config.target_layers)
+    values["data_sha256"] = _file_sha256(config.data_path)
+    return values
+
+
+def _file_sha256(path: str) -> str | None:
+    if not os.path.isfile(path):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save(run_dir: str | os.PathLike, step: int, arrays: dict[str, np.ndarray],
+         state: dict[str, Any], keep: int) -> Path:
+    """Write the checkpoint of `step` atomically and prune all but the newest `keep`.
+
+    Args:
+        run_dir: the run folder.
+        step: the optimizer step the arrays are the result of.
+        arrays: named numpy arrays.
+        state: JSON-ready training state (must include `fingerprint`).
+        keep: how many checkpoints to keep (at least 1).
+
+    Returns:
+        The checkpoint folder.
+
+    Example:
+    >>> save("runs/demo", 100, {"w": np.zeros(3)}, {"fingerprint": {}}, keep=2)
+    """
+    folder = Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:06d}"
+    with atomic_directory(folder) as tmp:
+        save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()},
+                  str(tmp / ARRAYS_FILE))
+        write_json_atomic(tmp / STATE_FILE, {**state, "step": step})
+    for old in _complete_checkpoints(run_dir)[:-max(1, keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir()
+             if _NAME.fullmatch(p.name) and (p / STATE_FILE).is_file() and (p / ARRAYS_FILE).is_file()]
+    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)))
+
+
+def latest(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint of a run, or `None`."""
+    found = _complete_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load(folder: str | os.PathLike, expected_fingerprint: dict[str, Any]) -> tuple[dict, dict]:
+    """Read a checkpoint, refusing one made by a different configuration.
+
+    Args:
+        folder: a checkpoint folder from `latest`.
+        expected_fingerprint: `fingerprint(config)` of the resuming run.
+
+    Returns:
+        `(arrays, state)`.
+
+    Raises:
+        ConfigError: if the checkpoint's fingerprint differs; the message
+            lists each differing parameter with both values.
+    """
+    folder = Path(folder)
+    with open(folder / STATE_FILE, encoding="utf-8") as file:
+        state = json.load(file)
+    saved = state["fingerprint"]
+    differences = [
+        f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
+        for key, value in expected_fingerprint.items() if saved.get(key) != value
+    ]
+    if differences:
+        raise ConfigError(
+            f"Cannot resume from {folder}: it was made by a different configuration ("
+            + "; ".join(differences)
+            + "). Use a new run_dir, or set resume=False to start over in this one."
+        )
+    return load_file(str(folder / ARRAYS_FILE)), state
