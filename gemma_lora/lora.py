@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import keras
+import keras_hub
 import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
@@ -73,60 +76,158 @@ def _adaptable_layers(model: keras.Model) -> list[keras.layers.Layer]:
     ]
 
 
+ALL_LINEAR = "all-linear"
+
+
+def resolve_targets(model: keras.Model, target_layers: Sequence[str]) -> list[keras.layers.Layer]:
+    """The layers that `target_layers` selects, in model order.
+
+    Each entry selects layers by exact name (`"query"`), by a regular
+    expression that must match the whole layer path
+    (`"decoder_block_(0|1)/attention/query"`), or is `"all-linear"`: every
+    `EinsumDense`/`Dense` layer of the backbone (for Gemma the 7 projections
+    `query`, `key`, `value`, `attention_output`, `ffw_gating`,
+    `ffw_gating_2`, `ffw_linear` of every block).
+
+    Args:
+        model: a KerasHub task or backbone.
+        target_layers: names, path patterns, or `"all-linear"`.
+
+    Returns:
+        The selected layers.
+
+    Raises:
+        ConfigError: if an entry selects no layer (the message lists the
+            layer names that can take LoRA).
+    """
+    candidates = _adaptable_layers(model)
+    selected: set[int] = set()
+    for entry in target_layers:
+        if entry == ALL_LINEAR:
+            matches = {id(layer) for layer in candidates}
+        else:
+            pattern = _compile_pattern(entry)
+            matches = {id(layer) for layer in candidates
+                       if layer.name == entry or pattern.fullmatch(layer.path)}
+        if not matches:
+            raise ConfigError(
+                f"target_layers entry {entry!r} matches no layer of this model. Layers that "
+                f"can take LoRA: {sorted({layer.name for layer in candidates})}, or "
+                f"{ALL_LINEAR!r}, or a regular expression over paths like "
+                f"{candidates[0].path!r}."
+            )
+        selected |= matches
+    return [layer for layer in candidates if id(layer) in selected]
+
+
+def _compile_pattern(entry: str) -> re.Pattern:
+    try:
+        return re.compile(entry)
+    except re.error as error:
+        raise ConfigError(f"target_layers entry {entry!r} is not a valid pattern: {error}.") from error
+
+
 def enable_lora(
     model: keras.Model,
     rank: int,
     alpha: float | None = None,
     target_layers: Sequence[str] = ("query", "value"),
+    use_rslora: bool = False,
+    rank_pattern: dict[str, int] | None = None,
 ) -> ParameterSummary:
     """Freeze the model and add trainable LoRA weights to the target layers.
+
+    Each target layer's kernel becomes `W + scale * A @ B` with `B` starting
+    at zero (so the model is unchanged until trained) and
+    `scale = alpha / rank`, or `alpha / sqrt(rank)` with `use_rslora`
+    (rank-stabilised LoRA, which keeps high ranks from learning slower).
 
     Args:
         model: a KerasHub task (e.g. `Gemma3CausalLM`) or backbone.
         rank: the rank `r` of the update `A @ B`.
-        alpha: scale numerator; the update is multiplied by `alpha / rank`.
-            `None` means `alpha = rank` (PEFT's `lora_alpha`).
-        target_layers: names of the `EinsumDense`/`Dense` layers to adapt;
-            for Gemma: `query`, `key`, `value`, `attention_output`,
-            `ffw_gating`, `ffw_gating_2`, `ffw_linear`.
+        alpha: scale numerator (PEFT's `lora_alpha`); `None` means
+            `alpha = rank`.
+        target_layers: layer names, path patterns or `"all-linear"` (see
+            `resolve_targets`).
+        use_rslora: scale by `alpha / sqrt(rank)` instead of `alpha / rank`.
+        rank_pattern: optional `{path pattern: rank}` overriding `rank` for
+            the layers whose path the pattern fully matches (PEFT's
+            `rank_pattern`), e.g. `{"decoder_block_1[0-7]/.*": 16}`.
 
     Returns:
         The `ParameterSummary` after enabling LoRA.
 
     Raises:
-        ConfigError: for a rank or alpha that is not positive, a target name
-            that matches no layer, or a model that already has LoRA.
+        ConfigError: for a rank or alpha that is not positive, a rank larger
+            than a layer's smaller dimension, a target that matches no
+            layer, or a model that already has LoRA.
 
     Example:
-    >>> summary = enable_lora(model, rank=8, alpha=16)
+    >>> summary = enable_lora(model, rank=8, alpha=16, target_layers="all-linear")
     >>> print(summary)
-    trainable params: 737,280 || all params: 268,835,456 || ...
+    trainable params: 3,796,992 || all params: 271,895,168 || ...
     """
-    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-        raise ConfigError(f"rank must be an integer >= 1; got {rank!r}.")
-    if alpha is not None and not alpha > 0:
-        raise ConfigError(f"alpha must be > 0; got {alpha!r}.")
-    candidates = _adaptable_layers(model)
-    if any(layer.lora_enabled for layer in candidates):
+    if isinstance(target_layers, str):
+        target_layers = (target_layers,)
+    _check_rank("rank", rank)
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                              or not alpha > 0):
+        raise ConfigError(f"alpha must be a number > 0; got {alpha!r}.")
+    if any(layer.lora_enabled for layer in _adaptable_layers(model)):
         raise ConfigError("LoRA is already enabled on this model; load a fresh model first.")
-    names = {layer.name for layer in candidates}
-    missing = sorted(set(target_layers) - names)
-    if missing:
-        raise ConfigError(
-            f"target_layers {missing} match no layer of this model. "
-            f"Layers that can take LoRA: {sorted(names)}."
-        )
+    alpha = float(rank if alpha is None else alpha)
+    plan = {}
+    for layer in resolve_targets(model, target_layers):
+        layer_rank = _pattern_rank(layer.path, rank, rank_pattern or {})
+        scale = alpha / math.sqrt(layer_rank) if use_rslora else alpha / layer_rank
+        plan[layer.path] = (layer_rank, scale * layer_rank)  # Keras scales by alpha / rank.
+    _apply_lora(model, plan)
+    return parameter_summary(model)
+
+
+def _check_rank(name: str, rank: Any) -> None:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConfigError(f"{name} must be an integer >= 1; got {rank!r}.")
+
+
+def _pattern_rank(path: str, rank: int, rank_pattern: dict[str, int]) -> int:
+    for pattern, pattern_rank in rank_pattern.items():
+        if _compile_pattern(pattern).fullmatch(path):
+            _check_rank(f"rank_pattern[{pattern!r}]", pattern_rank)
+            return pattern_rank
+    return rank
+
+
+def _apply_lora(model: keras.Model, plan: dict[str, tuple[int, float]]) -> None:
+    """Freeze everything, then enable LoRA with `{path: (rank, keras_alpha)}`."""
+    layers = {layer.path: layer for layer in _adaptable_layers(model)}
+    for path, (rank, _) in plan.items():
+        smallest = min(_kernel_in_out(layers[path]))
+        if rank > smallest:
+            raise ConfigError(
+                f"rank {rank} is larger than the smaller dimension ({smallest}) of layer "
+                f"{path}; a LoRA update cannot have a higher rank than its matrix."
+            )
     backbone = _backbone(model)
     backbone.trainable = True
     for layer in backbone._flatten_layers(include_self=False):
         layer.trainable = False
-    for layer in candidates:
-        if layer.name in target_layers:
-            layer.trainable = True
-            layer.enable_lora(rank, lora_alpha=alpha)
-            if getattr(layer, "bias", None) is not None:
-                layer.bias.trainable = False
-    return parameter_summary(model)
+    for path, (rank, keras_alpha) in plan.items():
+        layer = layers[path]
+        layer.trainable = True
+        layer.enable_lora(rank, lora_alpha=keras_alpha)
+        if getattr(layer, "bias", None) is not None:
+            layer.bias.trainable = False
+
+
+def _kernel_in_out(layer: keras.layers.Layer) -> tuple[int, int]:
+    """The sizes of the matrices Keras factors for LoRA.
+
+    Keras' LoRA is `A @ B` with `A: kernel.shape[:-1] + (rank,)` and
+    `B: (rank, kernel.shape[-1])`, a matrix product over the last two axes
+    (for Gemma's per-head kernels, one `A` per head and a shared `B`).
+    """
+    return tuple(int(size) for size in layer.kernel.shape[-2:])
 
 
 def parameter_summary(model: keras.Model) -> ParameterSummary:
@@ -181,8 +282,9 @@ def save_adapter(model: keras.Model, path: str | os.PathLike, base_preset: str) 
 
     Writes the folder `path` with `adapter.safetensors` and
     `adapter_config.json` (base preset, rank, alpha, target layers,
-    architecture, package versions). An existing adapter at `path` is
-    replaced only once the new one is complete.
+    architecture, package versions, and each layer's rank and Keras
+    `lora_alpha`). An existing adapter at `path` is replaced only once the
+    new one is complete.
 
     Args:
         model: a model with LoRA enabled.
@@ -199,13 +301,15 @@ def save_adapter(model: keras.Model, path: str | os.PathLike, base_preset: str) 
     if not layers:
         raise ModelError("The model has no LoRA layers; call enable_lora(model, rank) first.")
     import gemma_lora
-    import keras_hub
 
+    plan = _lora_plan(model)
+    ranks = [rank for rank, _ in plan.values()]
     config = {
         "base_preset": base_preset,
-        "rank": int(layers[0].lora_rank),
+        "rank": max(set(ranks), key=ranks.count),
         "alpha": float(layers[0].lora_alpha),
         "target_layers": sorted({layer.name for layer in layers}),
+        "layers": {path: {"rank": rank, "alpha": alpha} for path, (rank, alpha) in plan.items()},
         "architecture": _architecture(model),
         "gemma_lora_version": gemma_lora.__version__,
         "keras_version": keras.__version__,
@@ -265,19 +369,25 @@ def load_adapter(model: keras.Model, path: str | os.PathLike) -> ParameterSummar
             f"model is {expected}. Load it onto its base preset "
             f"{config['base_preset']!r}."
         )
+    wanted = {path: (spec["rank"], spec["alpha"]) for path, spec in config["layers"].items()}
     if not _lora_layers(model):
-        enable_lora(model, config["rank"], config["alpha"], config["target_layers"])
-    layers = _lora_layers(model)
-    found = (int(layers[0].lora_rank), float(layers[0].lora_alpha),
-             sorted({layer.name for layer in layers}))
-    wanted = (config["rank"], config["alpha"], config["target_layers"])
+        _apply_lora(model, wanted)
+    found = _lora_plan(model)
     if found != wanted:
+        differing = sorted(set(found.items()) ^ set(wanted.items()))[:2]
         raise ModelError(
-            f"Adapter {str(path)!r} has rank, alpha, targets = {wanted}, but the "
-            f"model's LoRA has {found}. Load it onto a model without LoRA."
+            f"Adapter {str(path)!r} needs LoRA with other ranks, alphas or layers than the "
+            f"model has (first differences as (layer, (rank, alpha)): {differing}). Load it "
+            "onto a model without LoRA."
         )
     assign_lora_weights(model, load_file(str(Path(path) / ADAPTER_WEIGHTS)), source=str(path))
     return parameter_summary(model)
+
+
+def _lora_plan(model: keras.Model) -> dict[str, tuple[int, float]]:
+    """`{layer path: (rank, Keras lora_alpha)}` of the model's LoRA layers."""
+    return {layer.path: (int(layer.lora_rank), float(layer.lora_alpha))
+            for layer in _lora_layers(model)}
 
 
 def assign_lora_weights(
@@ -309,3 +419,39 @@ def assign_lora_weights(
                 f"the model expects {tuple(variable.shape)}."
             )
         variable.assign(weights[key])
+
+
+def merge_lora(model: keras_hub.models.CausalLM) -> keras_hub.models.CausalLM:
+    """A copy of the model with each LoRA update folded into its kernel.
+
+    The copy has no LoRA layers and no extra cost at inference; it saves
+    with `save_to_preset` as an ordinary KerasHub preset that loads with
+    plain `from_preset`. The original model is left as it was, so adapters
+    can still be switched on it.
+
+    Args:
+        model: a KerasHub `CausalLM` with LoRA enabled.
+
+    Returns:
+        A new model of the same class, preprocessor shared, weights merged.
+
+    Raises:
+        ModelError: if the model has no LoRA layers.
+
+    Example:
+    >>> merged = merge_lora(model)
+    >>> merged.save_to_preset("runs/demo/merged_preset")
+    """
+    layers = _lora_layers(model)
+    if not layers:
+        raise ModelError("The model has no LoRA layers to merge (it is merged already, or "
+                         "enable_lora/load_adapter was never called).")
+    merged_kernels = {layer._kernel.path: layer.kernel for layer in layers}
+    backbone = type(model.backbone).from_config(model.backbone.get_config())
+    values = {
+        variable.path: merged_kernels.get(variable.path, variable)
+        for variable in model.backbone.weights if "lora_kernel" not in variable.path
+    }
+    for variable in backbone.weights:
+        variable.assign(values[variable.path])
+    return type(model)(backbone=backbone, preprocessor=model.preprocessor)
