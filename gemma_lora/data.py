@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import io
 import json
 import numbers
@@ -58,10 +59,35 @@ ALPACA_PROMPT_NO_INPUT = (
     "### Instruction:\n{instruction}\n\n"
     "### Response:\n"
 )
-TEMPLATES = {"alpaca": (ALPACA_PROMPT_WITH_INPUT, ALPACA_PROMPT_NO_INPUT)}
-"""Prompt templates by name: (with input, without input)."""
+GEMMA_CHAT_PROMPT_WITH_INPUT = (
+    "<start_of_turn>user\n{instruction}\n\n{input}<end_of_turn>\n<start_of_turn>model\n"
+)
+GEMMA_CHAT_PROMPT_NO_INPUT = "<start_of_turn>user\n{instruction}<end_of_turn>\n<start_of_turn>model\n"
+TEMPLATES = {
+    "alpaca": (ALPACA_PROMPT_WITH_INPUT, ALPACA_PROMPT_NO_INPUT),
+    "gemma_chat": (GEMMA_CHAT_PROMPT_WITH_INPUT, GEMMA_CHAT_PROMPT_NO_INPUT),
+}
+"""Prompt templates by name: (with input, without input). `gemma_chat` is
+Gemma's own turn format (the instruction and input as the user's turn, the
+response as the model's); `alpaca` is Stanford Alpaca's."""
 
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+# Leading bytes of files that are not UTF-8 text, and what they are.
+_NOT_UTF8_TEXT = {
+    b"\x1f\x8b": "the file is gzip-compressed (decompress it first, e.g. with gunzip)",
+    b"PK\x03\x04": "the file is a ZIP archive, e.g. an Excel workbook (export it as CSV)",
+    b"\xff\xfe": "the file is UTF-16 text (re-save it as UTF-8)",
+    b"\xfe\xff": "the file is UTF-16 text (re-save it as UTF-8)",
+}
+
+# Known field layouts (canonical -> column), to explain a record that uses another.
+_LAYOUTS = {"Alpaca": {name: name for name in ALPACA_FIELDS}, "Dolly": DOLLY_FIELDS}
+
+_JSONL_EXPECTED = "a JSON object (one complete object per line)"
+
+_MAX_NAME_CHARS = 40  # longer names from a file are cut in messages
+_MAX_NAMES_LISTED = 12  # longer lists of fields or columns are cut in messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +174,13 @@ def read_records(
     The format follows the extension: `.json` holds one list of objects,
     `.jsonl` one object per line (blank lines are skipped), `.csv` a header
     row and one record per row. `instruction` and `output` must be non-empty
-    strings; `input` may be absent, null or empty. Other fields are ignored.
+    strings; `input` may be absent, null or empty. Other fields are ignored,
+    but a field given twice in one object is an error.
+
+    Files are UTF-8; a leading byte order mark (as Excel writes) and Windows
+    line endings are accepted. CSV follows RFC 4180 quoting, with fields of
+    at most 131,072 characters (the `csv` module's limit). Every rejected
+    file gives a `DataError`; `tests/bad_inputs/` holds one of each kind.
 
     Args:
         path: the file to read.
@@ -172,6 +204,7 @@ def read_records(
     'Teal.'
     """
     columns = _resolve_fields(fields)
+    _check_is_file(path)
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise DataError(
@@ -179,6 +212,9 @@ def read_records(
             f"expected one of {', '.join(FORMATS)}."
         )
     text = _read_text(path)
+    if not text.strip():
+        content = "is empty" if not text else "holds only whitespace"
+        raise DataError(f"{path}: the file contains no records (it {content}).")
     readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}
     records = readers[suffix](str(path), text, columns)
     if not records:
@@ -204,21 +240,34 @@ def _resolve_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
     return {name: fields.get(name, name) for name in ALPACA_FIELDS}
 
 
+def _check_is_file(path: str | os.PathLike) -> None:
+    """Raise `DataError` unless `path` names an existing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; expected a {', '.join(FORMATS)} file.")
+    if not path.exists():
+        where = "" if path.is_absolute() else f" (looked for {path.absolute()})"
+        raise DataError(f"{path}: file not found{where}.")
+
+
 def _read_text(path: str | os.PathLike) -> str:
-    """The file decoded as UTF-8 (a byte order mark is dropped)."""
+    """The file decoded as UTF-8 (a leading byte order mark is dropped)."""
     try:
         data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found.") from None
     except OSError as error:
         raise DataError(f"{path}: cannot read the file ({error.strerror}).") from None
+    for magic, kind in _NOT_UTF8_TEXT.items():
+        if data.startswith(magic):
+            raise DataError(f"{path}: {kind}; expected UTF-8 text.")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        byte = data[error.start:error.start + 1]
         raise DataError(
-            f"{path}:{line}: invalid UTF-8 byte {data[error.start:error.start + 1]!r}; "
-            "expected UTF-8 text."
+            f"{path}:{line}: invalid UTF-8 byte {byte!r} at byte {column} of the line; "
+            "expected UTF-8 text (re-save the file as UTF-8)."
         ) from None
 
 
@@ -228,7 +277,18 @@ def _read_jsonl(path: str, text: str, columns: Mapping[str, str]) -> list[Record
     for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             source = f"{path}:{number}"
-            row = _parse_json(line, source, expected="a JSON object")
+            if line.strip() in ("{", "["):
+                raise DataError(
+                    f"{source}: the line holds only {line.strip()!r}; expected {_JSONL_EXPECTED}. "
+                    "The file looks pretty-printed: write each object on one line, or "
+                    "save one JSON list of objects as .json."
+                )
+            row = _parse_json(line, source, expected=_JSONL_EXPECTED)
+            if isinstance(row, list):
+                raise DataError(
+                    f"{source}: the line holds a list; expected {_JSONL_EXPECTED}. "
+                    "A file holding one JSON list of objects must be named .json."
+                )
             records.append(_make_record(row, columns, source))
     return records
 
@@ -238,8 +298,8 @@ def _read_json(path: str, text: str, columns: Mapping[str, str]) -> list[Record]
     items = _parse_json(text, path, expected="a JSON list of objects", add_line=True)
     if not isinstance(items, list):
         raise DataError(
-            f"{path}:1: the file holds {_describe(items)}; expected a JSON "
-            "list of objects (use .jsonl for one object per line)."
+            f"{path}:1: the file holds {_describe(items)}; expected a JSON list of "
+            f"objects (use .jsonl for one object per line).{_wrapped_list_hint(items)}"
         )
     records = []
     for index, (item, line) in enumerate(zip(items, _json_item_lines(text))):
@@ -248,21 +308,56 @@ def _read_json(path: str, text: str, columns: Mapping[str, str]) -> list[Record]
     return records
 
 
+def _wrapped_list_hint(value: Any) -> str:
+    """A hint when a JSON object wraps the list of records, as in `{"data": [...]}`."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(item, list):
+                return f" Its key {_quote(key)} holds a list: save that list alone."
+    return ""
+
+
 def _parse_json(text: str, source: str, expected: str, add_line: bool = False) -> Any:
     """`json.loads` whose errors become `DataError`s naming `source` and `expected`.
 
     With `add_line`, `source` is a file name and the decoder's line number is
     appended to it; without, `source` already names the line.
     """
+    hint = ""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as error:
         if add_line:
             source = f"{source}:{error.lineno}"
-        problem = f"{error.msg} at column {error.colno}"
+            if error.msg == "Extra data" and text.lstrip().startswith("{"):
+                hint = " The file looks like JSON Lines (one object per line): name it .jsonl."
+        problem = f"{error.msg.removesuffix(' at')} at column {error.colno}"
+        if error.msg.startswith("Unexpected UTF-8 BOM"):
+            problem = "a byte order mark (U+FEFF) in the middle of the file; were files joined?"
     except (ValueError, RecursionError) as error:
         problem = str(error) or type(error).__name__
-    raise DataError(f"{source}: invalid JSON ({problem}); expected {expected}.")
+    raise DataError(f"{source}: invalid JSON ({problem}); expected {expected}.{hint}")
+
+
+class _JsonObject(dict):
+    """A decoded JSON object that remembers the first key it held twice.
+
+    JSON parsers silently keep the last of two equal keys; records check
+    `duplicate_key` instead, so a file that says two things is reported.
+    """
+
+    __slots__ = ("duplicate_key",)
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> "_JsonObject":
+        """`json`'s `object_pairs_hook`: build the object from its key/value pairs."""
+        obj = cls()
+        obj.duplicate_key = None
+        for key, value in pairs:
+            if key in obj and obj.duplicate_key is None:
+                obj.duplicate_key = key
+            obj[key] = value
+        return obj
 
 
 def _json_item_lines(text: str) -> list[int]:
@@ -284,38 +379,70 @@ def _json_item_lines(text: str) -> list[int]:
 
 def _read_csv(path: str, text: str, columns: Mapping[str, str]) -> list[Record]:
     """Records from a CSV file with a header row."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header, records = None, []
     line = 1
     try:
         for row in reader:
             source = f"{path}:{line}"
-            line = reader.line_num + 1  # the next row starts after this one
+            first_line, line = line, reader.line_num + 1  # the next row starts after this one
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if header is None:
                 header = _check_header(row, columns, source)
                 continue
             if len(row) != len(header):
+                last_line = line - 1
+                span = (f" The row spans lines {first_line}-{last_line}: look for an "
+                        'unbalanced double quote (").' if last_line > first_line else "")
                 raise DataError(
                     f"{source}: the row has {len(row)} values but the header "
-                    f"has {len(header)} columns."
+                    f"has {len(header)} columns.{span}"
                 )
             records.append(_make_record(dict(zip(header, row)), columns, source))
     except csv.Error as error:
-        raise DataError(f"{path}:{line}: malformed CSV ({error}).") from None
+        raise DataError(f"{path}:{line}: {_csv_problem(error)}") from None
     return records
 
 
+def _csv_problem(error: csv.Error) -> str:
+    """What a `csv.Error` means for the row it was raised in."""
+    message = str(error)
+    if message == "unexpected end of data":
+        return ('a quoted field opened in the row starting on this line is never closed: '
+                'a double quote (") is unbalanced; expected a closing quote before the end '
+                'of the file.')
+    if message.startswith("field larger than field limit"):
+        return (f"a field in the row starting on this line is longer than "
+                f"{csv.field_size_limit():,} characters, the CSV reader's limit; if that is "
+                'not intended, look for an unbalanced double quote (") there.')
+    return f'malformed CSV ({message}); expected RFC 4180 quoting ("a ""quoted"" word").'
+
+
 def _check_header(header: list[str], columns: Mapping[str, str], source: str) -> list[str]:
-    """The header row, once every required column is known to be in it."""
+    """The header row, once every required column is known to be in it, once."""
     for canonical, column in columns.items():
+        name = f"column {_quote(column)} (the {canonical} field)"
+        if header.count(column) > 1:
+            raise DataError(
+                f"{source}: {name} appears {header.count(column)} times in the header; "
+                "expected it once."
+            )
         if canonical != "input" and column not in header:
             raise DataError(
-                f"{source}: no column {column!r} (the {canonical} field) in the "
-                f"header; the columns are {', '.join(map(repr, header))}."
+                f"{source}: no {name} in the header; the columns are "
+                f"{_quote_list(header)}.{_separator_hint(header)}{_close_match(column, header)}"
             )
     return header
+
+
+def _separator_hint(header: list[str]) -> str:
+    """A hint when a one-column header looks separated by something else than commas."""
+    if len(header) == 1:
+        for separator, name in (("\t", "tabs"), (";", "semicolons")):
+            if separator in header[0]:
+                return f" The file seems separated by {name}: save it with commas."
+    return ""
 
 
 # === Validating records ===
@@ -338,6 +465,12 @@ def _make_record(
     where = where or source
     if not isinstance(row, Mapping):
         raise DataError(f"{where}: the record is {_describe(row)}; expected a JSON object.")
+    duplicate = getattr(row, "duplicate_key", None)
+    if duplicate is not None:
+        raise DataError(
+            f"{where}: field {_quote(duplicate)} appears twice in the object; "
+            "expected each field once."
+        )
     values = {
         canonical: _field_value(row, canonical, column, where)
         for canonical, column in columns.items()
@@ -348,17 +481,22 @@ def _make_record(
 def _field_value(row: Mapping[str, Any], canonical: str, column: str, where: str) -> str:
     """The validated text of one field (`""` for a missing optional input)."""
     required = canonical != "input"
-    name = f"field {column!r}" + ("" if column == canonical else f" (the {canonical})")
+    name = f"field {_quote(column)}" + ("" if column == canonical else f" (the {canonical})")
     expected = "expected a non-empty string" if required else "expected a string"
     if column not in row or row[column] is None:
         if not required:
             return ""
-        problem = "is null" if column in row else "is missing"
-        present = ", ".join(map(repr, row)) or "none"
-        raise DataError(f"{where}: {name} {problem}; {expected}. Fields present: {present}.")
+        if column in row:
+            raise DataError(f"{where}: {name} is null; {expected}.")
+        raise DataError(
+            f"{where}: {name} is missing; {expected}. Fields present: "
+            f"{_quote_list(row) or 'none'}.{_layout_hint(row)}{_close_match(column, row)}"
+        )
     value = row[column]
     if not isinstance(value, str):
-        raise DataError(f"{where}: {name} is {_describe(value)}; {expected}.")
+        quoted = (f' (write it in quotes: "{value}")'
+                  if isinstance(value, int) and not isinstance(value, bool) else "")
+        raise DataError(f"{where}: {name} is {_describe(value)}; {expected}{quoted}.")
     if not value.strip():
         if not required:
             return ""
@@ -376,6 +514,8 @@ def _describe(value: Any) -> str:
     """A short phrase naming a JSON value's type, e.g. `a number (42)`."""
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
+    if isinstance(value, float):
+        return f"a number ({json.dumps(value)})"  # spelled as in JSON: NaN, Infinity
     if isinstance(value, numbers.Number):
         return f"a number ({value!r})"
     if isinstance(value, str):
@@ -385,6 +525,44 @@ def _describe(value: Any) -> str:
     if isinstance(value, Mapping):
         return "an object"
     return "null" if value is None else type(value).__name__
+
+
+def _layout_hint(row: Mapping[str, Any]) -> str:
+    """A hint when a record that lacks a field has a known layout's fields instead."""
+    for layout, fields in _LAYOUTS.items():
+        if fields["instruction"] in row and fields["output"] in row:
+            setting = ("leave data_fields unset" if layout == "Alpaca"
+                       else f"set data_fields={ {k: v for k, v in fields.items() if k != v} }")
+            return (
+                f" This record uses {layout}'s field names ({', '.join(fields.values())}); "
+                f"every record of a file must use the same names: rename the fields, or "
+                f"{setting} if all records use {layout}'s."
+            )
+    return ""
+
+
+def _close_match(name: str, names: Iterable[str]) -> str:
+    """` Did you mean 'X'?` for a name in `names` that is nearly `name`, else `""`."""
+    folded = {candidate.strip().lower(): candidate for candidate in names}
+    if name.strip().lower() in folded:
+        return f" Did you mean {_quote(folded[name.strip().lower()])}?"
+    close = difflib.get_close_matches(name, list(folded.values())[:1000], n=1, cutoff=0.8)
+    return f" Did you mean {_quote(close[0])}?" if close else ""
+
+
+def _quote(name: str) -> str:
+    """`repr(name)`, cut to `_MAX_NAME_CHARS` characters for error messages."""
+    if len(name) <= _MAX_NAME_CHARS:
+        return repr(name)
+    return f"{name[:_MAX_NAME_CHARS]!r}... ({len(name):,} characters)"
+
+
+def _quote_list(names: Iterable[str]) -> str:
+    """Quoted names joined by commas, at most `_MAX_NAMES_LISTED` of them."""
+    names = list(names)
+    shown = ", ".join(_quote(name) for name in names[:_MAX_NAMES_LISTED])
+    more = len(names) - _MAX_NAMES_LISTED
+    return f"{shown} and {more:,} more" if more > 0 else shown
 
 
 # === TensorFlow Datasets ===
@@ -481,6 +659,10 @@ def format_prompt(record: Record, template: str = "alpaca") -> str:
     Returns:
         The prompt text; the record's `output` is the text that follows it.
 
+    Raises:
+        ConfigError: `template` is not a name in `TEMPLATES`.
+        DataError: `record` is not a `Record`.
+
     Example:
     >>> print(format_prompt(Record("Say hi.", "", "Hi!", "x.jsonl:1")))
     Below is an instruction that describes a task. Write a response that appropriately completes the request.
@@ -491,9 +673,13 @@ def format_prompt(record: Record, template: str = "alpaca") -> str:
     ### Response:
     <BLANKLINE>
     """
-    if template not in TEMPLATES:
+    if not isinstance(template, str) or template not in TEMPLATES:
         raise ConfigError(
             f"template must be one of {', '.join(map(repr, TEMPLATES))}; got {template!r}."
+        )
+    if not isinstance(record, Record):
+        raise DataError(
+            f"format_prompt takes a Record (from read_records); got {type(record).__name__}."
         )
     with_input, no_input = TEMPLATES[template]
     if record.input:
@@ -659,3 +845,116 @@ def _token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
     if hasattr(ids, "row_lengths"):  # a tf.RaggedTensor
         return [int(length) for length in ids.row_lengths().numpy()]
     return [len(row) for row in ids]
+
+
+# === Sources and splits ===
+
+TFDS_PREFIX = "tfds:"
+"""How `data_path` names a TensorFlow Datasets split: `"tfds:NAME[SPLIT]"`."""
+
+_TFDS_SOURCE = re.compile(r"^tfds:(?P<name>[^\[\]]+?)(?:\[(?P<split>.+)\])?$")
+
+
+def parse_tfds_source(source: str) -> tuple[str, str]:
+    """Split `"tfds:NAME[SPLIT]"` into the TFDS name and split.
+
+    Args:
+        source: e.g. `"tfds:glue/sst2[validation]"`; the name may carry a
+            version (`"tfds:cnn_dailymail:3.4.0[train]"`) and the split
+            TFDS's slicing syntax (`"tfds:imdb_reviews[test[:10%]]"`).
+
+    Returns:
+        `(name, split)`; the split is `"train"` when none is given.
+
+    Raises:
+        ConfigError: `source` is not of that form.
+
+    Example:
+    >>> parse_tfds_source("tfds:imdb_reviews[test[:10%]]")
+    ('imdb_reviews', 'test[:10%]')
+    """
+    match = _TFDS_SOURCE.match(source)
+    if not match or not match["name"].strip():
+        raise ConfigError(
+            f"{source!r} is not a TFDS source; expected 'tfds:NAME' or "
+            "'tfds:NAME[SPLIT]', e.g. 'tfds:imdb_reviews[train]'."
+        )
+    return match["name"].strip(), (match["split"] or "train").strip()
+
+
+def read_source(
+    source: str | os.PathLike, fields: Mapping[str, str] | None = None
+) -> list[Record]:
+    """Instruction records from a file or from a TFDS split.
+
+    Args:
+        source: a `.json`, `.jsonl` or `.csv` file (see `read_records`) or
+            `"tfds:NAME[SPLIT]"` (see `load_tfds_records`).
+        fields: canonical field -> column or feature name.
+
+    Returns:
+        The validated records.
+
+    Example:
+    >>> len(read_source("data/order_extraction.jsonl"))
+    2500
+    """
+    source = os.fspath(source)
+    if source.startswith(TFDS_PREFIX):
+        name, split = parse_tfds_source(source)
+        return load_tfds_records(name, split, fields)
+    return read_records(source, fields)
+
+
+def make_splits(
+    records: Sequence[Record],
+    test_records: Sequence[Record] | None = None,
+    validation_fraction: float = 0.05,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> Splits:
+    """Train, validation and test splits, with or without a separate test set.
+
+    Args:
+        records: the records to split.
+        test_records: a separate test set; when given, `records` is split
+            into training and validation only and `test_fraction` is unused.
+        validation_fraction: share of `records` for validation.
+        test_fraction: share of `records` for test (without `test_records`).
+        seed: the shuffle seed.
+
+    Returns:
+        A `Splits`.
+
+    Example:
+    >>> records = [Record(f"Echo {i}.", "", str(i), f"x.jsonl:{i}") for i in range(1, 21)]
+    >>> splits = make_splits(records[:15], records[15:], validation_fraction=0.2)
+    >>> len(splits.train), len(splits.validation), len(splits.test)
+    (12, 3, 5)
+    """
+    if test_records is None:
+        return split_records(records, validation_fraction, test_fraction, seed)
+    held_out = split_records(records, validation_fraction, 0.0, seed)
+    return Splits(held_out.train, held_out.validation, list(test_records))
+
+
+def load_splits(config: Any) -> Splits:
+    """Read a run's data and split it, as its `RunConfig` says.
+
+    Args:
+        config: a `RunConfig` (`data_path`, `data_fields`, `test_data_path`,
+            `validation_fraction`, `test_fraction`, `seed`).
+
+    Returns:
+        A `Splits` of instruction records.
+
+    Example:
+    >>> from gemma_lora.config import RunConfig
+    >>> len(load_splits(RunConfig()).test)
+    250
+    """
+    records = read_source(config.data_path, config.data_fields)
+    test = (read_source(config.test_data_path, config.data_fields)
+            if config.test_data_path else None)
+    return make_splits(records, test, config.validation_fraction, config.test_fraction,
+                       config.seed)

@@ -296,7 +296,7 @@ def test_to_prompt_response_puts_outputs_in_responses():
 
 
 def test_unknown_template():
-    with pytest.raises(ConfigError, match="template must be one of 'alpaca'; got 'chatml'"):
+    with pytest.raises(ConfigError, match="template must be one of 'alpaca', 'gemma_chat'; got 'chatml'"):
         to_prompt_response(records(1), template="chatml")
 
 
