@@ -128,6 +128,9 @@ class RunConfig:
     run_dir: str = "runs/manual"
 
     def __post_init__(self) -> None:
+        # papermill's `-p` passes mappings and lists as text: accept JSON text.
+        self.data_fields = _from_json_text("data_fields", self.data_fields)
+        self.rank_pattern = _from_json_text("rank_pattern", self.rank_pattern)
         self.target_layers = _as_tuple("target_layers", self.target_layers)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
@@ -264,7 +267,17 @@ class RunConfig:
             return cls.from_dict(json.load(file))
 
 
+def _from_json_text(name: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value.strip().startswith(("{", "[")):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{name} is not valid JSON ({error}): {value!r}.") from error
+
+
 def _as_tuple(name: str, value: Any) -> tuple[str, ...]:
+    value = _from_json_text(name, value)
     if isinstance(value, str):
         value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, (list, tuple)) or not all(

@@ -51,3 +51,13 @@ def test_bad_values_name_the_parameter(overrides, message):
 def test_unknown_parameter_is_named():
     with pytest.raises(ConfigError, match=r"Unknown run parameter\(s\) \['rnak'\]"):
         RunConfig.from_dict({"rnak": 8})
+
+
+def test_papermill_text_values_are_parsed_as_json():
+    config = RunConfig(data_fields='{"input": "context", "output": "response"}',
+                       rank_pattern='{".*/key": 16}', target_layers='["decoder_block_(0|1)/.*", "value"]')
+    assert config.data_fields == {"input": "context", "output": "response"}
+    assert config.rank_pattern == {".*/key": 16}
+    assert config.target_layers == ("decoder_block_(0|1)/.*", "value")
+    with pytest.raises(ConfigError, match="data_fields is not valid JSON"):
+        RunConfig(data_fields="{input: context}")
