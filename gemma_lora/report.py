@@ -9,7 +9,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib.pyplot as plt
 
@@ -17,8 +17,12 @@ from gemma_lora.config import RunConfig
 from gemma_lora.evaluate import Evaluation
 from gemma_lora.io_utils import write_json_atomic
 
+if TYPE_CHECKING:
+    from gemma_lora.classify import ClassificationEvaluation
+
 METRICS_FILE = "metrics.json"
 LOSS_PLOT_FILE = "loss_curves.png"
+CONFUSION_PLOT_FILE = "confusion_matrices.png"
 
 
 def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
@@ -127,9 +131,11 @@ def samples_table(
 
 
 def _cell(text: str) -> str:
-    text = html.escape(text.strip() or "(empty)")
-    text = text.replace("|", "\\|").replace("\n", "<br>")
-    return f"`{text}`" if text.startswith("{") else text
+    """One markdown table cell: code spans for JSON, pipes and newlines escaped."""
+    text = (text.strip() or "(empty)").replace("|", "\\|").replace("\n", " ")
+    if text.startswith(("{", "[")):
+        return f"`{text}`"
+    return html.escape(text, quote=False)
 
 
 def base_weights_bytes(model) -> int:
@@ -153,3 +159,128 @@ def base_weights_bytes(model) -> int:
 def folder_size(path: str | os.PathLike) -> int:
     """Total size in bytes of the files under `path`."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def classification_table(evaluations: dict[str, "ClassificationEvaluation"]) -> str:
+    """A markdown table of accuracy, macro-F1 and per-label F1 of several classifiers.
+
+    Args:
+        evaluations: column name (e.g. `"base model"`, `"LoRA-tuned"`) ->
+            `classify.ClassificationEvaluation`.
+
+    Returns:
+        Markdown text.
+
+    Example:
+    >>> print(classification_table({"base model": baseline, "LoRA-tuned": tuned}))  # doctest: +SKIP
+    """
+    names = list(evaluations)
+    labels = evaluations[names[0]].labels
+    rows = [("accuracy", lambda e: f"{100 * e.accuracy:.1f}%"),
+            ("macro-F1", lambda e: f"{e.macro_f1:.3f}")]
+    rows += [(f"F1 `{label}`", lambda e, label=label: f"{e.per_class_f1[label]:.3f}")
+             for label in labels]
+    rows += [("loss per label token", lambda e: "-" if e.loss is None else f"{e.loss:.3f}"),
+             ("test texts", lambda e: f"{e.num_examples}"),
+             ("prediction time", lambda e: f"{e.seconds:.0f} s")]
+    lines = ["| metric | " + " | ".join(names) + " |",
+             "|---|" + "---|" * len(names)]
+    for label, cell in rows:
+        lines.append(f"| {label} | " + " | ".join(cell(evaluations[n]) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def plot_confusion_matrices(
+    evaluations: dict[str, "ClassificationEvaluation"], path: str | os.PathLike
+) -> plt.Figure:
+    """Plot one confusion matrix per classifier side by side, and save it as PNG.
+
+    Rows are the true labels, columns the predicted ones; each cell shows
+    the count and its share of the row.
+
+    Args:
+        evaluations: panel title -> `classify.ClassificationEvaluation`.
+        path: the PNG file to write.
+
+    Returns:
+        The matplotlib figure.
+
+    Example:
+    >>> plot_confusion_matrices({"base": baseline, "tuned": tuned}, "runs/x/confusion.png")  # doctest: +SKIP
+    """
+    import numpy as np
+
+    size = 1.2 + 0.9 * len(next(iter(evaluations.values())).labels)
+    figure, axes = plt.subplots(1, len(evaluations), figsize=(size * len(evaluations) + 1, size + 0.6),
+                                squeeze=False)
+    for axis, (name, evaluation) in zip(axes[0], evaluations.items()):
+        counts = evaluation.confusion
+        shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        ticks = range(len(evaluation.labels))
+        axis.set_xticks(ticks, evaluation.labels, rotation=30, ha="right")
+        axis.set_yticks(ticks, evaluation.labels)
+        axis.set_xlabel("predicted")
+        axis.set_ylabel("true")
+        axis.set_title(f"{name}\naccuracy {evaluation.accuracy:.1%}, macro-F1 {evaluation.macro_f1:.3f}",
+                       fontsize=10)
+        for (row, column), count in np.ndenumerate(counts):
+            axis.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center",
+                      color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return figure
+
+
+def training_results(summary: Any, result: Any, adapter_bytes: int, base_bytes: int) -> dict[str, Any]:
+    """The results every training notebook records the same way in `metrics.json`.
+
+    Args:
+        summary: the `lora.ParameterSummary` after enabling LoRA.
+        result: the `train.TrainResult`.
+        adapter_bytes: size of the saved adapter folder (`folder_size`).
+        base_bytes: size of the base model's weights (`base_weights_bytes`).
+
+    Returns:
+        Parameter counts, adapter size, best step and validation loss,
+        steps, early stopping and training time, under fixed keys.
+
+    Example:
+    >>> results = {"tuned": tuned.scores(),  # doctest: +SKIP
+    ...            **training_results(summary, result, adapter_bytes, base_bytes)}
+    """
+    return {
+        "trainable_parameters": summary.trainable,
+        "total_parameters": summary.total,
+        "trainable_percent": summary.percent,
+        "lora_layers": list(summary.lora_layers),
+        "adapter_bytes": adapter_bytes,
+        "adapter_percent_of_base": 100 * adapter_bytes / base_bytes,
+        "best_step": result.best_step,
+        "best_val_loss": result.best_val_loss,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "training_seconds": result.seconds,
+    }
+
+
+def label_counts_table(splits: Any, labels: Sequence[str]) -> str:
+    """A markdown table of how many texts of each label every split holds.
+
+    Args:
+        splits: a `data.Splits` of classification records (`output` = label).
+        labels: the label set.
+
+    Returns:
+        Markdown text.
+
+    Example:
+    >>> print(label_counts_table(splits, ["negative", "positive"]))  # doctest: +SKIP
+    | split | texts | negative | positive |
+    """
+    lines = ["| split | texts | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    for name in ("train", "validation", "test"):
+        outputs = [record.output for record in getattr(splits, name)]
+        cells = [str(outputs.count(label)) for label in labels]
+        lines.append(f"| {name} | {len(outputs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
