@@ -15,11 +15,12 @@ then times `--steps` steps, synchronising on the loss every step.
 
 Columns: effective tokens/s counts loss-bearing (response) tokens; processed
 tokens/s counts the positions the step computes (padding included); MFU =
-processed tokens/s x FLOPs per token / peak, with FLOPs per token = 4·N_mult
-(forward plus activation gradients over every multiplied weight, the
-vocabulary projection included) + 3 x attention forward (2·2·L·T_avg·H·d per
-token) + 6·r·(d_in + d_out) per LoRA module; the peak is measured with a
-large matmul on the same device. On CPU, peak memory is the process's peak
+FLOPs the step performs per second / peak. Per processed token: 4·N_body
+(forward plus activation gradients over every multiplied weight of the
+blocks) + 3 x attention forward (2·2·L·T_avg·H·d) + 6·r·(d_in + d_out) per
+LoRA module; plus 4·V·d for each position whose logits the step computes
+(every position for stock KerasHub, the gathered loss positions for ours).
+The peak is measured with a large matmul on the same device. On CPU, peak memory is the process's peak
 RSS; on GPU, JAX's `peak_bytes_in_use`.
 
 Example (CPU, the default notebook's data and settings):
@@ -40,6 +41,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 ARCHS = {
+    # A toy size for smoke tests; the others are the real presets' shapes.
+    "tiny": dict(cls="Gemma3Backbone", vocabulary_size=512, num_layers=2, num_query_heads=2,
+                 num_key_value_heads=1, hidden_dim=32, intermediate_dim=64, head_dim=16,
+                 query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
+                 use_sliding_window_attention=True, sliding_window_size=16, image_size=None),
     "gemma3_270m": dict(cls="Gemma3Backbone", vocabulary_size=262144, num_layers=18, num_query_heads=4,
                         num_key_value_heads=1, hidden_dim=640, intermediate_dim=2048, head_dim=256,
                         query_head_dim_normalize=True, use_post_ffw_norm=True, use_post_attention_norm=True,
@@ -105,18 +111,18 @@ def make_split(pairs, vocabulary_size: int, max_length: int, seed: int):
     return TokenizedSplit(ids[:, :-1], mask[:, :-1], ids[:, 1:], weights * mask[:, 1:])
 
 
-def flops_per_token(config: dict, rank: int, targets, avg_context: float) -> float:
-    """Training FLOPs per processed token for a frozen base with LoRA (see module doc)."""
+def flops_per_token(config: dict, rank: int, targets, avg_context: float) -> tuple[float, float]:
+    """Training FLOPs (per processed token, per logits position) with a frozen base."""
     d, f, h, kv, hd, v, n = (config[k] for k in ("hidden_dim", "intermediate_dim", "num_query_heads",
                                                 "num_key_value_heads", "head_dim", "vocabulary_size",
                                                 "num_layers"))
     shapes = {"query": (d, h * hd), "key": (d, kv * hd), "value": (d, kv * hd),
               "attention_output": (h * hd, d), "ffw_gating": (d, f), "ffw_gating_2": (d, f),
               "ffw_linear": (f, d)}
-    multiplied = n * sum(a * b for a, b in shapes.values()) + v * d
+    body = n * sum(a * b for a, b in shapes.values())
     attention = n * 2 * 2 * avg_context * h * hd
     lora = n * sum(6 * rank * sum(shapes[t]) for t in targets)
-    return 4 * multiplied + 3 * attention + lora
+    return 4 * body + 3 * attention + lora, 4 * v * d
 
 
 def peak_memory_gib() -> float:
@@ -183,6 +189,7 @@ def run_variant(args) -> dict:
                           from_logits=True, reduction="mean_with_sample_weight"),
                       weighted_metrics=[])
         processed = [args.batch * args.max_length] * len(batches_idx)
+        logit_positions = processed
 
         class Clock(keras.callbacks.Callback):
             def on_train_batch_begin(self, batch, logs=None):
@@ -202,10 +209,11 @@ def run_variant(args) -> dict:
         steps = CompiledSteps(model, train.make_optimizer(config, 10_000))
         buckets = batching.bucket_lengths(args.max_length)
         buffer = batching.loss_buffer_size(split)
-        processed = []
+        processed, logit_positions = [], []
         for indices in batches_idx:
             batch = batching.make_batch(split, indices, buckets, buffer)
             processed.append(batch["token_ids"].size)
+            logit_positions.append(batch["loss_positions"].size)
             start = time.perf_counter()
             steps.train_step(batch)
             step_times.append(time.perf_counter() - start)
@@ -217,7 +225,8 @@ def run_variant(args) -> dict:
     avg_context = float(np.mean([p + r for p, r in pairs])) / 2
     peak = matmul_peak_flops()
     processed_timed = processed[args.warmup:]
-    flops = flops_per_token(ARCHS[args.arch], args.rank, targets, avg_context)
+    token_flops, logit_flops = flops_per_token(ARCHS[args.arch], args.rank, targets, avg_context)
+    flops = sum(processed_timed) * token_flops + sum(logit_positions[args.warmup:]) * logit_flops
     return {
         "variant": args.variant,
         "device": str(jax.devices()[0].device_kind),
@@ -226,7 +235,7 @@ def run_variant(args) -> dict:
         "processed_tokens_per_s": sum(processed_timed) / seconds,
         "padding_fraction": 1 - sum(real) / sum(processed_timed),
         "peak_memory_gib": peak_memory_gib(),
-        "mfu": sum(processed_timed) / seconds * flops / peak,
+        "mfu": flops / seconds / peak,
         "first_step_s": step_times[0],
     }
 

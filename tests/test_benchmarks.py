@@ -1,0 +1,18 @@
+"""The benchmark scripts run and print their tables (no timing assertions)."""
+
+import re
+import subprocess
+import sys
+
+
+def test_train_throughput_smoke():
+    command = [sys.executable, "benchmarks/train_throughput.py", "--arch", "tiny", "--steps", "3",
+               "--warmup", "1", "--max-length", "32", "--lengths", "parametric:0.33"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line for line in completed.stdout.splitlines() if line.startswith(("| stock", "| ours"))]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert all(re.fullmatch(r"[\d,.]+%?", cell) for cell in cells[1:]), row
+    assert "step time ours/stock:" in completed.stdout
