@@ -244,11 +244,12 @@ def parameter_summary(model: keras.Model) -> ParameterSummary:
     """
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     total = sum(int(np.prod(w.shape)) for w in model.weights)
-    lora_layers = tuple(layer.path for layer in _lora_layers(model))
-    return ParameterSummary(trainable, total, lora_layers)
+    paths = tuple(layer.path for layer in lora_layers(model))
+    return ParameterSummary(trainable, total, paths)
 
 
-def _lora_layers(model: keras.Model) -> list[keras.layers.Layer]:
+def lora_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The model's layers that carry LoRA weights, in model order."""
     return [layer for layer in _adaptable_layers(model) if layer.lora_enabled]
 
 
@@ -262,7 +263,7 @@ def lora_weights(model: keras.Model) -> dict[str, np.ndarray]:
         `{"decoder_block_0/attention/query/lora_kernel_a": array, ...}`.
     """
     weights = {}
-    for layer in _lora_layers(model):
+    for layer in lora_layers(model):
         for name in _LORA_VARIABLES:
             variable = getattr(layer, name)
             weights[variable.path] = np.asarray(keras.ops.convert_to_numpy(variable))
@@ -297,7 +298,7 @@ def save_adapter(model: keras.Model, path: str | os.PathLike, base_preset: str) 
     Example:
     >>> save_adapter(model, "runs/demo/adapter", base_preset="gemma3_270m")
     """
-    layers = _lora_layers(model)
+    layers = lora_layers(model)
     if not layers:
         raise ModelError("The model has no LoRA layers; call enable_lora(model, rank) first.")
     import gemma_lora
@@ -370,7 +371,7 @@ def load_adapter(model: keras.Model, path: str | os.PathLike) -> ParameterSummar
             f"{config['base_preset']!r}."
         )
     wanted = {path: (spec["rank"], spec["alpha"]) for path, spec in config["layers"].items()}
-    if not _lora_layers(model):
+    if not lora_layers(model):
         _apply_lora(model, wanted)
     found = _lora_plan(model)
     if found != wanted:
@@ -387,7 +388,7 @@ def load_adapter(model: keras.Model, path: str | os.PathLike) -> ParameterSummar
 def _lora_plan(model: keras.Model) -> dict[str, tuple[int, float]]:
     """`{layer path: (rank, Keras lora_alpha)}` of the model's LoRA layers."""
     return {layer.path: (int(layer.lora_rank), float(layer.lora_alpha))
-            for layer in _lora_layers(model)}
+            for layer in lora_layers(model)}
 
 
 def assign_lora_weights(
@@ -405,7 +406,7 @@ def assign_lora_weights(
     """
     variables = {
         getattr(layer, name).path: getattr(layer, name)
-        for layer in _lora_layers(model) for name in _LORA_VARIABLES
+        for layer in lora_layers(model) for name in _LORA_VARIABLES
     }
     if set(weights) != set(variables):
         raise ModelError(
@@ -442,7 +443,7 @@ def merge_lora(model: keras_hub.models.CausalLM) -> keras_hub.models.CausalLM:
     >>> merged = merge_lora(model)
     >>> merged.save_to_preset("runs/demo/merged_preset")
     """
-    layers = _lora_layers(model)
+    layers = lora_layers(model)
     if not layers:
         raise ModelError("The model has no LoRA layers to merge (it is merged already, or "
                          "enable_lora/load_adapter was never called).")
