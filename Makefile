@@ -8,6 +8,8 @@ STAMP      := $(VENV)/.installed
 NOTEBOOK   ?= notebooks/*.ipynb
 PARAMS     ?=
 PYTEST_ARGS ?=
+RANKS      ?= 1 2 4 8 16
+SWEEP_NOTEBOOK ?= notebooks/01_finetune_gemma_lora.ipynb
 RUN_ROOT   := runs/$(shell date +%Y%m%d-%H%M%S)
 
 export KERAS_BACKEND := jax
@@ -16,9 +18,19 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test run-notebooks clean
+.PHONY: setup setup-interop test run-notebooks sweep clean
 
 setup: $(STAMP)
+
+# Optional extras for Hugging Face interop (gemma_lora.hf_interop) and its
+# tests: PyTorch CPU, transformers, peft. Without them those tests skip.
+INTEROP_STAMP := $(VENV)/.interop-installed
+
+setup-interop: $(INTEROP_STAMP)
+
+$(INTEROP_STAMP): $(STAMP) requirements-interop.txt
+	$(PYTHON) -m pip install --quiet -r requirements-interop.txt
+	touch $(INTEROP_STAMP)
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -39,6 +51,13 @@ run-notebooks: $(STAMP)
 	  $(PYTHON) -m papermill $$nb $$out/$$name.ipynb --cwd . \
 	    -p run_dir $$out $(PARAMS); \
 	done
+
+# Runs SWEEP_NOTEBOOK once per rank in RANKS into runs/<timestamp>-sweep/rank-<r>/
+# (same PARAMS for every run), then notebooks/03_compare_runs.ipynb on them into
+# runs/<timestamp>-sweep/compare/. Ranks and PARAMS are checked before anything runs.
+sweep: $(STAMP)
+	$(PYTHON) -m gemma_lora.sweep --ranks "$(RANKS)" --notebook $(SWEEP_NOTEBOOK) \
+	  --output $(RUN_ROOT)-sweep $(PARAMS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -221,13 +221,14 @@ def _apply_lora(model: keras.Model, plan: dict[str, tuple[int, float]]) -> None:
 
 
 def _kernel_in_out(layer: keras.layers.Layer) -> tuple[int, int]:
-    """The sizes of the matrices Keras factors for LoRA.
+    """The shape of the matrix whose update Keras factors for LoRA.
 
     Keras' LoRA is `A @ B` with `A: kernel.shape[:-1] + (rank,)` and
-    `B: (rank, kernel.shape[-1])`, a matrix product over the last two axes
-    (for Gemma's per-head kernels, one `A` per head and a shared `B`).
+    `B: (rank, kernel.shape[-1])`; flattened, the update is a
+    `(prod(kernel.shape[:-1]), kernel.shape[-1])` matrix of rank <= `rank`.
     """
-    return tuple(int(size) for size in layer.kernel.shape[-2:])
+    shape = tuple(int(size) for size in layer.kernel.shape)
+    return int(np.prod(shape[:-1])), shape[-1]
 
 
 def parameter_summary(model: keras.Model) -> ParameterSummary:

@@ -1,0 +1,106 @@
+"""The notebooks, run with papermill on tiny models, as one `make run-notebooks` batch.
+
+The fine-tuning and classification notebooks run on a tiny random Gemma
+saved as a local preset, with a second tiny Gemma standing in for a larger
+`reference_preset`; the comparison notebook then compares the two runs.
+"""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gemma_lora.config import RunConfig
+
+from tests import tiny_presets
+
+pytestmark = pytest.mark.notebook
+
+NOTEBOOK_01 = "notebooks/01_finetune_gemma_lora.ipynb"
+NOTEBOOK_02 = "notebooks/02_sentiment_classification.ipynb"
+NOTEBOOK_03 = "notebooks/03_compare_runs.ipynb"
+
+
+def papermill(notebook, output, **parameters):
+    command = [sys.executable, "-m", "papermill", notebook, str(output), "--cwd", "."]
+    for name, value in parameters.items():
+        command += ["-p", name, str(value)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    """A `make run-notebooks`-like batch: notebooks 01 and 02 on tiny presets in runs/."""
+    root = tmp_path_factory.mktemp("batch")
+    model = tiny_presets.save_tiny_gemma_preset(root / "presets" / "small", seed=0)
+    reference = tiny_presets.save_tiny_gemma_preset(root / "presets" / "larger", seed=5)
+    common = dict(preset=model, reference_preset=reference, warmup_steps=1, num_samples=2)
+    completed = papermill(NOTEBOOK_01, root / "01.ipynb", **common,
+                          run_dir=root / "runs" / "01_finetune_gemma_lora", max_steps=2,
+                          eval_every=1, validation_fraction=0.002, test_fraction=0.004,
+                          max_new_tokens=4, eval_batch_size=8)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    completed = papermill(NOTEBOOK_02, root / "02.ipynb", **common,
+                          run_dir=root / "runs" / "02_sentiment_classification", max_steps=6,
+                          eval_every=3, learning_rate=0.01, sequence_length=96, eval_batch_size=32,
+                          test_data_path="None", test_fraction=0.02)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return root
+
+
+def test_finetuning_notebook_evaluates_the_reference_preset(batch):
+    metrics = json.loads((batch / "runs" / "01_finetune_gemma_lora" / "metrics.json").read_text())
+    assert list(metrics) == [field.name for field in dataclasses.fields(RunConfig)] + ["results"]
+    results = metrics["results"]
+    assert results["primary_metric"] == "exact_match" and results["steps"] == 2
+    assert results["reference"]["num_examples"] == results["tuned"]["num_examples"] == 10
+    assert results["reference"]["loss"] != results["baseline"]["loss"]  # another model
+
+
+def test_classification_notebook_writes_the_run_config_and_results(batch):
+    run_dir = batch / "runs" / "02_sentiment_classification"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    fields = [field.name for field in dataclasses.fields(RunConfig)]
+    assert list(metrics) == fields + ["results"]
+    results = metrics["results"]
+    assert results["primary_metric"] == "macro_f1" and results["labels"] == ["negative", "positive"]
+    for name in ("baseline", "tuned", "reference"):
+        assert results[name]["num_examples"] == 24
+        assert sum(map(sum, results[name]["confusion_matrix"])) == 24
+    assert results["reference"]["macro_f1"] != results["baseline"]["macro_f1"]  # another model
+    assert results["steps"] == 6 and results["trainable_parameters"] > 0
+    for name in ("confusion_matrices.png", "loss_curves.png", "history.csv", "adapter"):
+        assert (run_dir / name).exists(), name
+
+
+def test_comparison_notebook_compares_the_runs_of_its_batch(batch):
+    run_dir = batch / "runs" / "03_compare_runs"
+    completed = papermill(NOTEBOOK_03, batch / "03.ipynb", run_dir=run_dir)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = (run_dir / "comparison.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == [
+        "01_finetune_gemma_lora", "02_sentiment_classification"]
+    assert {"exact_match", "macro_f1"} <= set(lines[1].split(",") + lines[2].split(","))
+    assert (run_dir / "loss_curves.png").is_file()
+    assert not (run_dir / "metrics.json").exists()  # a comparison is not a run
+
+
+def test_comparison_notebook_without_runs_says_so(tmp_path):
+    completed = papermill(NOTEBOOK_03, tmp_path / "03.ipynb", run_dir=tmp_path / "batch" / "03")
+    assert completed.returncode != 0
+    assert "No runs found for runs_glob" in completed.stderr
+
+
+def test_a_test_label_unseen_in_training_stops_before_the_model_loads(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": f"review {i}", "label": "ab"[i % 2]}) + "\n"
+                             for i in range(20)))
+    test = tmp_path / "test.jsonl"
+    test.write_text(json.dumps({"text": "a new review", "label": "neutral"}) + "\n")
+    completed = papermill(NOTEBOOK_02, tmp_path / "02.ipynb", data_path=train,
+                          test_data_path=test, run_dir=tmp_path / "run", preset="no-such-preset")
+    assert completed.returncode != 0
+    assert "test label(s) ['neutral'] never appear in training" in completed.stderr
+    assert not (tmp_path / "run" / "adapter").exists()
