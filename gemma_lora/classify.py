@@ -35,8 +35,6 @@ from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import keras
 import keras_hub
 import numpy as np
@@ -179,37 +177,6 @@ def classification_metrics(
 # === Scoring labels with a causal LM ===
 
 
-class _LabelScorer:
-    """A compiled function from (prompt, label) batches to label log-probabilities.
-
-    It reads the model's current weights (LoRA included) once, like
-    `CompiledSteps`, whose variable snapshot it reuses.
-    """
-
-    def __init__(self, model: keras_hub.models.CausalLM):
-        self.steps = CompiledSteps(model)
-        self._score = jax.jit(self._score_fn)
-
-    def _score_fn(self, trainable, non_trainable, batch):
-        steps = self.steps
-        mapping = list(zip(steps.trainable_variables, trainable)) + list(
-            zip(steps.non_trainable_variables, non_trainable)
-        )
-        with keras.StatelessScope(state_mapping=mapping):
-            hidden = steps.backbone(
-                {"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
-                training=False,
-            )
-            picked = jnp.take_along_axis(hidden, batch["loss_positions"][..., None], axis=1)
-            logits = steps.backbone.token_embedding(picked, reverse=True)
-        log_probs = jax.nn.log_softmax(logits.astype("float32"), axis=-1)
-        token = jnp.take_along_axis(log_probs, batch["loss_labels"][..., None], axis=-1)[..., 0]
-        return jnp.sum(token * batch["loss_weights"], axis=1)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self._score(self.steps.trainable, self.steps.non_trainable, batch))
-
-
 def label_log_likelihoods(
     model: keras_hub.models.CausalLM,
     prompts: Sequence[str],
@@ -256,14 +223,14 @@ def label_log_likelihoods(
         preprocessor.sequence_length = previous_length
     buckets = batching.bucket_lengths(sequence_length)
     loss_buffer = batching.loss_buffer_size(split)
-    scorer = _LabelScorer(model)
+    steps = CompiledSteps(model)
     order = np.argsort(split.lengths, kind="stable")
     scores = np.zeros(len(order), dtype=np.float64)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         padded = np.concatenate([indices, np.repeat(indices[:1], batch_size - len(indices))])
         batch = batching.make_batch(split, padded, buckets, loss_buffer)
-        scores[indices] = scorer(batch)[: len(indices)]
+        scores[indices] = steps.log_likelihoods(batch)[: len(indices)]
     shape = (len(prompts), len(labels))
     return scores.reshape(shape), split.loss_tokens.reshape(shape)
 

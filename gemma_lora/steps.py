@@ -51,24 +51,33 @@ class CompiledSteps:
             self.optimizer_state = [v.value for v in optimizer.variables]
         self._train_step = jax.jit(self._train_step_fn)
         self._loss_step = jax.jit(self._loss_fn)
+        self._log_likelihood_step = jax.jit(self._log_likelihood_fn)
 
     # === Pure functions ===
 
-    def _loss_fn(self, trainable, non_trainable, batch):
+    def _token_log_probs(self, trainable, non_trainable, batch, training):
+        """Log-probabilities of the target tokens at the gathered loss positions."""
         mapping = list(zip(self.trainable_variables, trainable)) + list(
             zip(self.non_trainable_variables, non_trainable)
         )
         with keras.StatelessScope(state_mapping=mapping):
             hidden = self.backbone(
                 {"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
-                training=True,
+                training=training,
             )
             picked = jnp.take_along_axis(hidden, batch["loss_positions"][..., None], axis=1)
             logits = self.backbone.token_embedding(picked, reverse=True)
         log_probs = jax.nn.log_softmax(logits.astype("float32"), axis=-1)
-        token_loss = -jnp.take_along_axis(log_probs, batch["loss_labels"][..., None], axis=-1)[..., 0]
+        return jnp.take_along_axis(log_probs, batch["loss_labels"][..., None], axis=-1)[..., 0]
+
+    def _loss_fn(self, trainable, non_trainable, batch):
+        token_loss = -self._token_log_probs(trainable, non_trainable, batch, training=True)
         weights = batch["loss_weights"]
         return jnp.sum(token_loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+    def _log_likelihood_fn(self, trainable, non_trainable, batch):
+        log_probs = self._token_log_probs(trainable, non_trainable, batch, training=False)
+        return jnp.sum(log_probs * batch["loss_weights"], axis=1)
 
     def _train_step_fn(self, trainable, non_trainable, optimizer_state, batch):
         loss, grads = jax.value_and_grad(self._loss_fn)(trainable, non_trainable, batch)
@@ -99,6 +108,10 @@ class CompiledSteps:
         mean = self._loss_step(self.trainable, self.non_trainable, batch)
         count = float(np.sum(batch["loss_weights"]))
         return float(mean) * count, count
+
+    def log_likelihoods(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Per example, the summed log-probability of its weighted target tokens."""
+        return np.asarray(self._log_likelihood_step(self.trainable, self.non_trainable, batch))
 
     def mean_loss(self, batches) -> float:
         """Mean loss per loss-bearing token over an iterable of batches."""
