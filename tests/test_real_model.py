@@ -71,3 +71,17 @@ def test_notebook_runs_under_papermill_with_small_parameters(tmp_path):
     assert (run_dir / "adapter" / lora.ADAPTER_CONFIG).is_file()
     assert (run_dir / "loss_curves.png").stat().st_size > 10_000
     assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 5
+
+
+def test_response_only_loss_equals_the_stock_full_logits_loss(lora_model, order_examples):
+    import keras
+
+    examples = {key: values[4:8] for key, values in order_examples.items()}
+    x, y, weights = lora_model.preprocessor(examples)
+    stock = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction="mean_with_sample_weight")(y, lora_model(x), sample_weight=weights)
+    split = batching.tokenize(lora_model.preprocessor, examples, 128)
+    batch = batching.make_batch(split, np.arange(4), batching.bucket_lengths(128),
+                                batching.loss_buffer_size(split))
+    ours = CompiledSteps(lora_model).mean_loss([batch])
+    np.testing.assert_allclose(ours, float(stock), rtol=1e-4)
