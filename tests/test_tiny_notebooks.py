@@ -104,3 +104,16 @@ def test_a_test_label_unseen_in_training_stops_before_the_model_loads(tmp_path):
     assert completed.returncode != 0
     assert "test label(s) ['neutral'] never appear in training" in completed.stderr
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_inference_notebook_answers_requests_with_the_batch_adapter(batch):
+    run_dir = batch / "runs" / "04_inference"
+    completed = papermill("notebooks/04_inference.ipynb", batch / "04.ipynb", run_dir=run_dir,
+                          max_new_tokens=4, batch_size=4)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 12 and all("prediction" in p for p in predictions)
+    speed = json.loads((run_dir / "generation_speed.json").read_text())
+    assert speed["requests"] == 12
+    assert speed["same_answers_merged_vs_unmerged"] == 12
+    assert speed["merged_tokens_per_second"] > 0 and speed["unmerged_tokens_per_second"] > 0

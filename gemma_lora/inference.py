@@ -1,0 +1,115 @@
+"""Use a tuned model: read requests, answer them in batches, time it, save.
+
+Example:
+>>> requests = read_requests("data/order_requests.jsonl")
+>>> prompts = [data.format_prompt(r) for r in requests]
+>>> timing = timed_generation(model, prompts, max_new_tokens=48, batch_size=8)
+>>> write_predictions("runs/demo/predictions.jsonl", requests, timing.answers)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Sequence
+
+import keras_hub
+
+from gemma_lora import data
+from gemma_lora import evaluate
+from gemma_lora.errors import DataError
+from gemma_lora.io_utils import write_text_atomic
+
+
+def read_requests(path: str | os.PathLike) -> list[data.Record]:
+    """Read unanswered requests: JSONL objects with `instruction` and optional `input`.
+
+    Args:
+        path: a `.jsonl` file, one request per line.
+
+    Returns:
+        Records with an empty `output`.
+
+    Raises:
+        DataError: naming the file, line and field of a malformed request.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found; expected a .jsonl file of requests.")
+    requests = []
+    with open(path, encoding="utf-8-sig") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: not valid JSON ({error.msg}).") from error
+            if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) \
+                    or not row["instruction"].strip():
+                raise DataError(f"{where}: field 'instruction' must be a non-empty string.")
+            if not isinstance(row.get("input", ""), str):
+                raise DataError(f"{where}: field 'input' must be a string.")
+            requests.append(data.Record(row["instruction"], row.get("input", ""), "", where))
+    if not requests:
+        raise DataError(f"{path}: no requests found.")
+    return requests
+
+
+@dataclasses.dataclass
+class GenerationTiming:
+    """Answers and how long generating them took (after compilation).
+
+    Args:
+        answers: the extracted answers, in request order.
+        seconds: wall-clock generation time, compilation excluded.
+        new_tokens: tokens generated, end tokens included.
+    """
+
+    answers: list[str]
+    seconds: float
+    new_tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+def timed_generation(
+    model: keras_hub.models.CausalLM,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> GenerationTiming:
+    """Greedy answers for `prompts`, timed after one warm-up batch.
+
+    Args:
+        model: a KerasHub `CausalLM`.
+        prompts: formatted prompts.
+        max_new_tokens: generation budget per prompt.
+        batch_size: prompts per batch.
+
+    Returns:
+        A `GenerationTiming`.
+    """
+    evaluate.generate_responses(model, prompts[:batch_size], max_new_tokens, batch_size)
+    start = time.perf_counter()
+    generations = evaluate.generate_responses(model, prompts, max_new_tokens, batch_size)
+    seconds = time.perf_counter() - start
+    token_ids = model.preprocessor.tokenizer(list(generations))
+    if hasattr(token_ids, "to_list"):
+        token_ids = token_ids.to_list()
+    new_tokens = sum(len(ids) + 1 for ids in token_ids)
+    return GenerationTiming([evaluate.extract_answer(text) for text in generations],
+                            seconds, new_tokens)
+
+
+def write_predictions(path: str | os.PathLike, requests: Sequence[data.Record],
+                      answers: Sequence[str]) -> None:
+    """Write one JSON object per request (`instruction`, `input`, `prediction`), atomically."""
+    lines = [json.dumps({"instruction": r.instruction, "input": r.input, "prediction": a},
+                        ensure_ascii=False)
+             for r, a in zip(requests, answers)]
+    write_text_atomic(path, "\n".join(lines) + "\n")
