@@ -43,6 +43,8 @@ class RunConfig:
         data_fields: optional map from canonical field (`instruction`,
             `input`, `output`; for classification `text`, `label`) to the
             column or feature name in the data.
+        data_categories: keep only records whose `category` (e.g. Dolly's
+            `open_qa`, `summarization`) is in this list; `None` keeps all.
         test_data_path: optional separate test set, in the same forms as
             `data_path`; when set, `test_fraction` is ignored and `data_path`
             is split into training and validation only.
@@ -96,6 +98,7 @@ class RunConfig:
     dtype: str = "float32"
     data_path: str = "data/order_extraction.jsonl"
     data_fields: dict[str, str] | None = None
+    data_categories: tuple[str, ...] | None = None
     test_data_path: str | None = None
     instruction: str | None = None
     template: str = "alpaca"
@@ -132,6 +135,8 @@ class RunConfig:
         self.data_fields = _from_json_text("data_fields", self.data_fields)
         self.rank_pattern = _from_json_text("rank_pattern", self.rank_pattern)
         self.target_layers = _as_tuple("target_layers", self.target_layers)
+        if self.data_categories is not None:
+            self.data_categories = _as_tuple("data_categories", self.data_categories)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("rank", "sequence_length", "batch_size", "eval_every",

@@ -37,6 +37,9 @@ from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
 
 ALPACA_FIELDS = ("instruction", "input", "output")
+# Fields a file may give besides the Alpaca ones, and the fields that may be absent.
+RECORD_FIELDS = ALPACA_FIELDS + ("category",)
+OPTIONAL_FIELDS = ("input", "category")
 """The canonical field names; `input` is optional, the others are required."""
 
 DOLLY_FIELDS = {"instruction": "instruction", "input": "context", "output": "response"}
@@ -101,6 +104,8 @@ class Record:
         source: where the record came from, `"path:line"` for files or
             `"tfds:name[split]#index"` for TensorFlow Datasets, so reports
             and errors can point back at it.
+        category: an optional task category (Dolly's `category`); `""`
+            when the data has none.
 
     Example:
     >>> record = Record("Add the numbers.", "2 and 3", "5", "sums.jsonl:1")
@@ -112,6 +117,7 @@ class Record:
     input: str
     output: str
     source: str
+    category: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,11 +231,11 @@ def read_records(
 def _resolve_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
     """Complete a canonical -> column mapping with the canonical defaults."""
     fields = dict(fields or {})
-    unknown = sorted(set(fields) - set(ALPACA_FIELDS))
+    unknown = sorted(set(fields) - set(RECORD_FIELDS))
     if unknown:
         raise ConfigError(
             f"fields: unknown field(s) {', '.join(map(repr, unknown))}; "
-            f"expected keys among {', '.join(ALPACA_FIELDS)}."
+            f"expected keys among {', '.join(RECORD_FIELDS)}."
         )
     for canonical, column in fields.items():
         if not isinstance(column, str) or not column:
@@ -237,7 +243,7 @@ def _resolve_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
                 f"fields[{canonical!r}] must be a non-empty column name; "
                 f"got {column!r}."
             )
-    return {name: fields.get(name, name) for name in ALPACA_FIELDS}
+    return {name: fields.get(name, name) for name in RECORD_FIELDS}
 
 
 def _check_is_file(path: str | os.PathLike) -> None:
@@ -428,7 +434,7 @@ def _check_header(header: list[str], columns: Mapping[str, str], source: str) ->
                 f"{source}: {name} appears {header.count(column)} times in the header; "
                 "expected it once."
             )
-        if canonical != "input" and column not in header:
+        if canonical not in OPTIONAL_FIELDS and column not in header:
             raise DataError(
                 f"{source}: no {name} in the header; the columns are "
                 f"{_quote_list(header)}.{_separator_hint(header)}{_close_match(column, header)}"
@@ -480,7 +486,7 @@ def _make_record(
 
 def _field_value(row: Mapping[str, Any], canonical: str, column: str, where: str) -> str:
     """The validated text of one field (`""` for a missing optional input)."""
-    required = canonical != "input"
+    required = canonical not in OPTIONAL_FIELDS
     name = f"field {_quote(column)}" + ("" if column == canonical else f" (the {canonical})")
     expected = "expected a non-empty string" if required else "expected a string"
     if column not in row or row[column] is None:
@@ -942,7 +948,7 @@ def load_splits(config: Any) -> Splits:
     """Read a run's data and split it, as its `RunConfig` says.
 
     Args:
-        config: a `RunConfig` (`data_path`, `data_fields`, `test_data_path`,
+        config: a `RunConfig` (`data_path`, `data_fields`, `data_categories`, `test_data_path`,
             `validation_fraction`, `test_fraction`, `seed`).
 
     Returns:
@@ -956,5 +962,40 @@ def load_splits(config: Any) -> Splits:
     records = read_source(config.data_path, config.data_fields)
     test = (read_source(config.test_data_path, config.data_fields)
             if config.test_data_path else None)
+    if config.data_categories:
+        records = filter_categories(records, config.data_categories)
+        test = filter_categories(test, config.data_categories) if test else None
     return make_splits(records, test, config.validation_fraction, config.test_fraction,
                        config.seed)
+
+
+def filter_categories(records: Sequence[Record], categories: Sequence[str]) -> list[Record]:
+    """Keep the records whose `category` is one of `categories`.
+
+    Args:
+        records: records read with a `category` field (e.g. Dolly's).
+        categories: the categories to keep.
+
+    Returns:
+        The matching records, in their original order.
+
+    Raises:
+        DataError: if a wanted category does not occur in the data (the
+            message lists the categories that do).
+
+    Example:
+    >>> records = [Record("Q1", "", "A1", "d.jsonl:1", "open_qa"),
+    ...            Record("Q2", "", "A2", "d.jsonl:2", "summarization")]
+    >>> [record.source for record in filter_categories(records, ["open_qa"])]
+    ['d.jsonl:1']
+    """
+    present = sorted({record.category for record in records})
+    missing = sorted(set(categories) - set(present))
+    if missing:
+        shown = ", ".join(repr(c) for c in present[:20]) or "none (no 'category' field)"
+        source = records[0].source.rsplit(":", 1)[0] if records else "the data"
+        raise DataError(
+            f"{source}: data_categories {missing} do not occur in the data; categories "
+            f"present: {shown}."
+        )
+    return [record for record in records if record.category in categories]

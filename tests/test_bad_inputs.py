@@ -268,7 +268,7 @@ def test_generated_bad_input_gives_its_error_fast(tmp_path, make, pattern):
     "fields, message",
     [
         ({"answer": "x"}, "fields: unknown field(s) 'answer'; expected keys among instruction, "
-                          "input, output."),
+                          "input, output, category."),
         ({"output": ""}, "fields['output'] must be a non-empty column name; got ''."),
         ({"output": None}, "fields['output'] must be a non-empty column name; got None."),
     ],

@@ -479,3 +479,25 @@ def test_generator_reproduces_the_shipped_file(tmp_path):
     module.main(["--output", str(output)])
     assert output.read_bytes() == SHIPPED.read_bytes()
     assert os.listdir(tmp_path) == ["orders.jsonl"]  # no temporary file left behind
+
+
+def test_dolly_categories_are_read_and_filtered(tmp_path):
+    from gemma_lora.config import RunConfig
+    from gemma_lora.data import filter_categories, load_splits
+
+    path = tmp_path / "dolly.jsonl"
+    rows = [{"instruction": f"Q{i}", "context": "", "response": f"A{i}",
+             "category": ("open_qa", "summarization", "brainstorming")[i % 3]} for i in range(30)]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    records = read_records(path, fields=DOLLY_FIELDS)
+    assert records[1].category == "summarization"
+    kept = filter_categories(records, ["open_qa", "brainstorming"])
+    assert len(kept) == 20 and {r.category for r in kept} == {"open_qa", "brainstorming"}
+    with pytest.raises(DataError, match=r"data_categories \['creative_writing'\] do not occur in the data; "
+                                        r"categories present: 'brainstorming', 'open_qa', 'summarization'"):
+        filter_categories(records, ["creative_writing"])
+    config = RunConfig(data_path=str(path), data_fields=DOLLY_FIELDS, data_categories="open_qa",
+                       validation_fraction=0.2, test_fraction=0.2)
+    splits = load_splits(config)
+    assert {r.category for r in splits.train + splits.validation + splits.test} == {"open_qa"}
+    assert len(splits.train) + len(splits.validation) + len(splits.test) == 10
