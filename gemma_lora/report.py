@@ -89,7 +89,6 @@ def comparison_table(evaluations: dict[str, Evaluation]) -> str:
     Example:
     >>> print(comparison_table({"base": baseline, "LoRA-tuned": tuned}))
     """
-    names = list(evaluations)
     rows = [
         ("exact match", lambda e: f"{100 * e.exact_match:.1f}%"),
         ("ROUGE-L F1", lambda e: f"{e.rouge_l:.3f}"),
@@ -97,6 +96,12 @@ def comparison_table(evaluations: dict[str, Evaluation]) -> str:
         ("perplexity", lambda e: f"{e.perplexity:.2f}"),
         ("test examples", lambda e: f"{e.num_examples}"),
     ]
+    return _metric_table(evaluations, rows)
+
+
+def _metric_table(evaluations: dict[str, Any], rows: Sequence[tuple[str, Any]]) -> str:
+    """A markdown table: one row per (label, cell function), one column per evaluation."""
+    names = list(evaluations)
     lines = ["| metric | " + " | ".join(names) + " |",
              "|---|" + "---|" * len(names)]
     for label, cell in rows:
@@ -174,8 +179,7 @@ def classification_table(evaluations: dict[str, "ClassificationEvaluation"]) -> 
     Example:
     >>> print(classification_table({"base model": baseline, "LoRA-tuned": tuned}))  # doctest: +SKIP
     """
-    names = list(evaluations)
-    labels = evaluations[names[0]].labels
+    labels = next(iter(evaluations.values())).labels
     rows = [("accuracy", lambda e: f"{100 * e.accuracy:.1f}%"),
             ("macro-F1", lambda e: f"{e.macro_f1:.3f}")]
     rows += [(f"F1 `{label}`", lambda e, label=label: f"{e.per_class_f1[label]:.3f}")
@@ -183,11 +187,7 @@ def classification_table(evaluations: dict[str, "ClassificationEvaluation"]) -> 
     rows += [("loss per label token", lambda e: "-" if e.loss is None else f"{e.loss:.3f}"),
              ("test texts", lambda e: f"{e.num_examples}"),
              ("prediction time", lambda e: f"{e.seconds:.0f} s")]
-    lines = ["| metric | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
-    for label, cell in rows:
-        lines.append(f"| {label} | " + " | ".join(cell(evaluations[n]) for n in names) + " |")
-    return "\n".join(lines)
+    return _metric_table(evaluations, rows)
 
 
 def plot_confusion_matrices(
