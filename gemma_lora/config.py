@@ -60,6 +60,8 @@ class RunConfig:
         target_layers: layers that get LoRA: names (`query`), regular
             expressions over layer paths, or `"all-linear"`.
         use_rslora: scale the update by `alpha / sqrt(rank)` (rsLoRA).
+        dropout: fraction of the LoRA branch's inputs dropped during
+            training (PEFT's `lora_dropout`); 0 disables it.
         rank_pattern: optional `{path pattern: rank}` per-layer ranks.
         quantize: `"int8"` or `"int4"` to quantize the frozen base with
             Keras' own quantization before adding LoRA (QLoRA); `None`
@@ -108,6 +110,7 @@ class RunConfig:
     alpha: float | None = None
     target_layers: tuple[str, ...] = ("query", "value")
     use_rslora: bool = False
+    dropout: float = 0.0
     rank_pattern: dict[str, int] | None = None
     quantize: str | None = None
     sequence_length: int = 128
@@ -160,6 +163,9 @@ class RunConfig:
             )
         if not isinstance(self.resume, bool):
             raise ConfigError(f"resume must be True or False; got {self.resume!r}.")
+        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float))
+                or not 0 <= self.dropout < 1):
+            raise ConfigError(f"dropout must be a number in [0, 1); got {self.dropout!r}.")
         _check_positive("learning_rate", self.learning_rate)
         _check_positive("epochs", self.epochs)
         if self.alpha is not None:

@@ -200,7 +200,7 @@ def export_peft_adapter(
         "rank_pattern": {name: r for name, (r, _) in sorted(module_ranks.items()) if r != rank},
         "alpha_pattern": {name: a for name, (_, a) in sorted(module_ranks.items()) if a != alpha},
         "target_modules": sorted(module_ranks),
-        "lora_dropout": 0.0,
+        "lora_dropout": float(getattr(adapted[0], "lora_dropout", 0.0)),
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,

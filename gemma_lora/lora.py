@@ -28,6 +28,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
+from gemma_lora import lora_dropout
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import ModelError
 from gemma_lora.io_utils import atomic_directory
@@ -134,6 +135,7 @@ def enable_lora(
     target_layers: Sequence[str] = ("query", "value"),
     use_rslora: bool = False,
     rank_pattern: dict[str, int] | None = None,
+    dropout: float = 0.0,
 ) -> ParameterSummary:
     """Freeze the model and add trainable LoRA weights to the target layers.
 
@@ -153,12 +155,17 @@ def enable_lora(
         rank_pattern: optional `{path pattern: rank}` overriding `rank` for
             the layers whose path the pattern fully matches (PEFT's
             `rank_pattern`), e.g. `{"decoder_block_1[0-7]/.*": 16}`.
+        dropout: fraction of each LoRA branch's inputs dropped while
+            training with `gemma_lora.train` (PEFT's `lora_dropout`); the
+            frozen path and inference are never affected. See
+            `lora_dropout`.
 
     Returns:
         The `ParameterSummary` after enabling LoRA.
 
     Raises:
-        ConfigError: for a rank or alpha that is not positive, a rank larger
+        ConfigError: for a rank or alpha that is not positive, a dropout
+            outside [0, 1), a rank larger
             than a layer's smaller dimension, a target that matches no
             layer, or a model that already has LoRA.
 
@@ -173,6 +180,8 @@ def enable_lora(
     if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
                               or not alpha > 0):
         raise ConfigError(f"alpha must be a number > 0; got {alpha!r}.")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"dropout must be a number in [0, 1); got {dropout!r}.")
     if any(layer.lora_enabled for layer in _adaptable_layers(model)):
         raise ConfigError("LoRA is already enabled on this model; load a fresh model first.")
     alpha = float(rank if alpha is None else alpha)
@@ -182,6 +191,9 @@ def enable_lora(
         scale = alpha / math.sqrt(layer_rank) if use_rslora else alpha / layer_rank
         plan[layer.path] = (layer_rank, scale * layer_rank)  # Keras scales by alpha / rank.
     _apply_lora(model, plan)
+    if dropout > 0:
+        for index, layer in enumerate(lora_layers(model)):
+            lora_dropout.add_dropout(layer, float(dropout), index)
     return parameter_summary(model)
 
 
@@ -310,6 +322,7 @@ def save_adapter(model: keras.Model, path: str | os.PathLike, base_preset: str) 
         "base_preset": base_preset,
         "rank": max(set(ranks), key=ranks.count),
         "alpha": float(layers[0].lora_alpha),
+        "dropout": float(getattr(layers[0], "lora_dropout", 0.0)),
         "target_layers": sorted({layer.name for layer in layers}),
         "layers": {path: {"rank": rank, "alpha": alpha} for path, (rank, alpha) in plan.items()},
         "architecture": _architecture(model),

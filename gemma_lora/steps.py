@@ -3,10 +3,15 @@
 The steps are pure functions of the variables' values (Keras' stateless API),
 compiled once per batch shape with `jax.jit`:
 
-- the backbone runs on the batch's tokens and returns hidden states;
+- the backbone runs on the batch's tokens and returns hidden states; a
+  packed batch (one with `segment_ids`, see `batching.make_packed_batch`)
+  runs through `packed_forward`, which keeps its examples apart;
 - only the hidden states at the loss positions gathered by `batching` go
   through the tied vocabulary projection (with Gemma's logit soft cap, if
-  any), so the `[batch, length, vocabulary]` logits are never built;
+  any), so the `[batch, length, vocabulary]` logits are never built; with
+  `loss_chunk_size`, the projection and log-softmax run over those positions
+  in chunks (recomputed in the backward pass), so only one chunk's
+  `[chunk, vocabulary]` logits are alive at a time;
 - the loss is the mean cross-entropy over loss-bearing tokens, the same
   number KerasHub's `fit` reports with `reduction="mean_with_sample_weight"`;
 - the optimizer update (clipping, weight decay, schedule) is Keras' own
@@ -15,10 +20,16 @@ compiled once per batch shape with `jax.jit`:
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
+
+from gemma_lora import lora_dropout
+from gemma_lora import packed_forward
+from gemma_lora.config import DEFAULT_LOSS_CHUNK_SIZE
 
 
 class CompiledSteps:
@@ -32,6 +43,9 @@ class CompiledSteps:
     Args:
         model: a KerasHub `CausalLM` with LoRA (or other trainable weights).
         optimizer: a Keras optimizer; built here on the trainable variables.
+        seed: root of the LoRA dropout masks (folded with the step number).
+        loss_chunk_size: loss positions whose logits are computed at once
+            when a batch has more; `None` or 0 computes them all at once.
 
     Example:
     >>> steps = CompiledSteps(model, make_optimizer(config, total_steps=100))
@@ -39,8 +53,10 @@ class CompiledSteps:
     >>> steps.write_back()
     """
 
-    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None):
+    def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None,
+                 seed: int = 0, loss_chunk_size: int | None = DEFAULT_LOSS_CHUNK_SIZE):
         self.backbone = model.backbone
+        self.loss_chunk_size = loss_chunk_size
         self.trainable_variables = list(self.backbone.trainable_variables)
         self.non_trainable_variables = list(self.backbone.non_trainable_variables)
         self.optimizer = optimizer
@@ -49,6 +65,8 @@ class CompiledSteps:
         if optimizer is not None:
             optimizer.build(self.trainable_variables)
             self.optimizer_state = [v.value for v in optimizer.variables]
+            self._iterations_index = optimizer.variables.index(optimizer.iterations)
+        self._dropout_root = jax.random.key(seed)
         self._train_step = jax.jit(self._train_step_fn)
         self._loss_step = jax.jit(self._loss_fn)
         self._log_likelihood_step = jax.jit(self._log_likelihood_fn)
@@ -61,17 +79,52 @@ class CompiledSteps:
             zip(self.non_trainable_variables, non_trainable)
         )
         with keras.StatelessScope(state_mapping=mapping):
-            hidden = self.backbone(
-                {"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
-                training=training,
-            )
-            picked = jnp.take_along_axis(hidden, batch["loss_positions"][..., None], axis=1)
-            logits = self.backbone.token_embedding(picked, reverse=True)
-        log_probs = jax.nn.log_softmax(logits.astype("float32"), axis=-1)
-        return jnp.take_along_axis(log_probs, batch["loss_labels"][..., None], axis=-1)[..., 0]
+            if "segment_ids" in batch:
+                hidden = packed_forward.hidden_states(
+                    self.backbone, batch["token_ids"], batch["segment_ids"], batch["positions"],
+                    training=training,
+                )
+                # Loss positions index the flattened rows, one buffer per example.
+                picked = hidden.reshape(-1, hidden.shape[-1])[batch["loss_positions"]]
+            else:
+                hidden = self.backbone(
+                    {"token_ids": batch["token_ids"], "padding_mask": batch["padding_mask"]},
+                    training=training,
+                )
+                picked = jnp.take_along_axis(hidden, batch["loss_positions"][..., None], axis=1)
+            return self._label_log_probs(picked, batch["loss_labels"])
 
-    def _loss_fn(self, trainable, non_trainable, batch):
-        token_loss = -self._token_log_probs(trainable, non_trainable, batch, training=True)
+    def _label_log_probs(self, hidden, labels):
+        """`log p(label)` from hidden states `[..., d]`, `loss_chunk_size` positions at a time."""
+        embedding = self.backbone.token_embedding
+
+        def log_probs_of(hidden, labels):
+            logits = embedding(hidden, reverse=True)
+            log_probs = jax.nn.log_softmax(logits.astype("float32"), axis=-1)
+            return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+        count, chunk = labels.size, self.loss_chunk_size
+        if not chunk or count <= chunk:
+            return log_probs_of(hidden, labels)
+        # Equal chunks of at most `chunk` rows, padded by fewer than one row per chunk.
+        chunks = -(-count // chunk)
+        size = -(-count // chunks)
+        pad = chunks * size - count
+        flat_hidden = jnp.pad(hidden.reshape(count, -1), ((0, pad), (0, 0)))
+        flat_labels = jnp.pad(labels.reshape(count), (0, pad))
+        # Checkpointing each chunk keeps its logits out of the saved residuals:
+        # the backward pass recomputes them one chunk at a time.
+        per_chunk = jax.lax.map(
+            jax.checkpoint(lambda xs: log_probs_of(*xs)),
+            (flat_hidden.reshape(chunks, size, -1), flat_labels.reshape(chunks, size)),
+        )
+        return per_chunk.reshape(-1)[:count].reshape(labels.shape)
+
+    def _loss_fn(self, trainable, non_trainable, batch, dropout_key=None):
+        dropout = (contextlib.nullcontext() if dropout_key is None
+                   else lora_dropout.dropout_keys(dropout_key))
+        with dropout:
+            token_loss = -self._token_log_probs(trainable, non_trainable, batch, training=True)
         weights = batch["loss_weights"]
         return jnp.sum(token_loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
@@ -80,7 +133,9 @@ class CompiledSteps:
         return jnp.sum(log_probs * batch["loss_weights"], axis=1)
 
     def _train_step_fn(self, trainable, non_trainable, optimizer_state, batch):
-        loss, grads = jax.value_and_grad(self._loss_fn)(trainable, non_trainable, batch)
+        # LoRA dropout masks depend on (seed, step) only: a resumed run draws the same ones.
+        key = jax.random.fold_in(self._dropout_root, optimizer_state[self._iterations_index])
+        loss, grads = jax.value_and_grad(self._loss_fn)(trainable, non_trainable, batch, key)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in grads])
         )
@@ -123,7 +178,7 @@ class CompiledSteps:
 
     def learning_rate(self) -> float:
         """The optimizer's current learning rate."""
-        iterations = self.optimizer_state[self.optimizer.variables.index(self.optimizer.iterations)]
+        iterations = self.optimizer_state[self._iterations_index]
         schedule = self.optimizer._learning_rate
         return float(schedule(iterations) if callable(schedule) else schedule)
 

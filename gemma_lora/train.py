@@ -215,7 +215,7 @@ def train(
     val_split = batching.tokenize(model.preprocessor, validation_examples, config.sequence_length)
     train_buffer = batching.loss_buffer_size(train_split)
     val_buffer = batching.loss_buffer_size(val_split)
-    steps = CompiledSteps(model, make_optimizer(config, total_steps))
+    steps = CompiledSteps(model, make_optimizer(config, total_steps), seed=config.seed)
     run_fingerprint = checkpoint.fingerprint(config)
 
     def validation_loss() -> float:
