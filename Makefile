@@ -9,6 +9,7 @@ NOTEBOOK   ?= notebooks/*.ipynb
 PARAMS     ?=
 PYTEST_ARGS ?=
 RANKS      ?= 1 2 4 8 16
+ARGS       ?=
 SWEEP_NOTEBOOK ?= notebooks/01_finetune_gemma_lora.ipynb
 RUN_ROOT   := runs/$(shell date +%Y%m%d-%H%M%S)
 
@@ -18,7 +19,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup setup-interop test run-notebooks sweep clean
+.PHONY: setup setup-interop test run-notebooks sweep benchmark clean
 
 setup: $(STAMP)
 
@@ -58,6 +59,11 @@ run-notebooks: $(STAMP)
 sweep: $(STAMP)
 	$(PYTHON) -m gemma_lora.sweep --ranks "$(RANKS)" --notebook $(SWEEP_NOTEBOOK) \
 	  --output $(RUN_ROOT)-sweep $(PARAMS)
+
+# Training throughput, stock KerasHub fit vs ours (see docs/performance.md),
+# e.g. ARGS="--arch gemma3_270m --lengths parametric:0.33 --packing".
+benchmark: $(STAMP)
+	$(PYTHON) benchmarks/train_throughput.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -10,8 +10,14 @@ batches of token ids drawn from a length distribution:
 - `parametric:MEAN`: lengths uniform in [0.1, 2·MEAN - 0.1] of the maximum,
   prompt half of each example (`MEAN` e.g. 0.33).
 
-Each variant runs in its own process (so peak memory is its own), warms up,
-then times `--steps` steps, synchronising on the loss every step.
+Variants: `stock` is KerasHub's `backbone.enable_lora` + `fit` on batches
+padded to `--max-length`; `ours` is gemma_lora's compiled step with length
+buckets; `--packing` adds `ours+packing`, the same step on the same examples
+packed into rows of `--max-length` (`RunConfig.packing`). `--loss-chunk N`
+sets our steps' `loss_chunk_size` (0: all logits at once; default: the
+library's default). Each variant runs in its own process (so peak memory is
+its own), warms up, then times `--steps` steps, synchronising on the loss
+every step.
 
 Columns: effective tokens/s counts loss-bearing (response) tokens; processed
 tokens/s counts the positions the step computes (padding included); MFU =
@@ -26,6 +32,9 @@ RSS; on GPU, JAX's `peak_bytes_in_use`.
 Example (CPU, the default notebook's data and settings):
     python benchmarks/train_throughput.py --arch gemma3_270m --batch 4 \\
         --max-length 128 --lengths data:data/order_extraction.jsonl
+Example (stock vs buckets vs packing, short varied examples):
+    python benchmarks/train_throughput.py --arch gemma3_1b --batch 16 \\
+        --max-length 512 --lengths parametric:0.2 --dtype bfloat16 --packing
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
+
+from gemma_lora.config import DEFAULT_LOSS_CHUNK_SIZE  # noqa: E402 (after the backend is chosen)
 
 ARCHS = {
     # A toy size for smoke tests; the others are the real presets' shapes.
@@ -60,6 +71,7 @@ ARCHS = {
                       final_logit_soft_cap=30.0, attention_logit_soft_cap=50.0,
                       use_sliding_window_attention=True, sliding_window_size=4096),
 }
+VARIANTS = ("stock", "ours", "ours+packing")
 TARGETS = {"qv": ("query", "value"),
            "all": ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")}
 
@@ -206,12 +218,16 @@ def run_variant(args) -> dict:
         from gemma_lora.steps import CompiledSteps
 
         lora.enable_lora(model, args.rank, target_layers=targets)
-        steps = CompiledSteps(model, train.make_optimizer(config, 10_000))
+        steps = CompiledSteps(model, train.make_optimizer(config, 10_000),
+                              loss_chunk_size=args.loss_chunk)
         buckets = batching.bucket_lengths(args.max_length)
         buffer = batching.loss_buffer_size(split)
         processed, logit_positions = [], []
         for indices in batches_idx:
-            batch = batching.make_batch(split, indices, buckets, buffer)
+            if args.variant == "ours+packing":
+                batch = batching.make_packed_batch(split, indices, args.max_length, buffer, args.batch)
+            else:
+                batch = batching.make_batch(split, indices, buckets, buffer)
             processed.append(batch["token_ids"].size)
             logit_positions.append(batch["loss_positions"].size)
             start = time.perf_counter()
@@ -252,14 +268,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--variants", default="stock,ours")
+    parser.add_argument("--variants", default="stock,ours",
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--packing", action="store_true", help="also run ours+packing")
+    parser.add_argument("--loss-chunk", type=int, default=DEFAULT_LOSS_CHUNK_SIZE,
+                        help="our steps' loss_chunk_size; 0 builds all logits at once")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.variant:
         print("RESULT " + json.dumps(run_variant(args)), flush=True)
         return
+    variants = args.variants.split(",") + (["ours+packing"] if args.packing else [])
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"--variants must be among {', '.join(VARIANTS)}; got {unknown}")
     results = []
-    for variant in args.variants.split(","):
+    for variant in dict.fromkeys(variants):
         command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
         output = subprocess.run(command, capture_output=True, text=True)
         lines = [l for l in output.stdout.splitlines() if l.startswith("RESULT ")]
@@ -268,18 +292,20 @@ def main() -> None:
             raise SystemExit(f"variant {variant} failed")
         results.append(json.loads(lines[-1][7:]))
     print(f"\n{args.arch}, LoRA {args.targets} r={args.rank}, batch {args.batch}, max length "
-          f"{args.max_length}, lengths {args.lengths}, dtype {args.dtype}, {args.steps} timed steps "
-          f"on {results[0]['device']}")
+          f"{args.max_length}, lengths {args.lengths}, dtype {args.dtype}, loss chunk "
+          f"{args.loss_chunk or 'off'}, {args.steps} timed steps on {results[0]['device']}")
     header = ("variant", "step s", "eff tok/s", "proc tok/s", "padding", "peak GiB", "MFU", "1st step s")
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in results:
         print(f"| {r['variant']} | {r['median_step_s']:.3f} | {r['effective_tokens_per_s']:,.0f} | "
               f"{r['processed_tokens_per_s']:,.0f} | {r['padding_fraction']:.0%} | "
               f"{r['peak_memory_gib']:.2f} | {r['mfu']:.1%} | {r['first_step_s']:.1f} |")
-    if len(results) == 2:
-        print(f"\nstep time ours/stock: {results[1]['median_step_s'] / results[0]['median_step_s']:.2f}x; "
-              f"effective tokens/s ours/stock: "
-              f"{results[1]['effective_tokens_per_s'] / results[0]['effective_tokens_per_s']:.2f}x")
+    stock = next((r for r in results if r["variant"] == "stock"), None)
+    for r in results:
+        if stock is not None and r is not stock:
+            print(f"\nstep time {r['variant']}/stock: {r['median_step_s'] / stock['median_step_s']:.2f}x; "
+                  f"effective tokens/s {r['variant']}/stock: "
+                  f"{r['effective_tokens_per_s'] / stock['effective_tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

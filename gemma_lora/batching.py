@@ -13,8 +13,16 @@ into numpy arrays. Batches are then assembled without TensorFlow:
   projection, by far the largest matrix product of a small Gemma, is computed
   only there.
 
-Neither changes the loss: padding never reaches a real token (causal
-attention with a padding mask) and the loss only ever read those positions.
+- **packing** (optional): the examples of a batch are packed first-fit into
+  as few rows of `sequence_length` as they fit in, with segment ids (so
+  examples sharing a row never attend to each other, see `packed_forward`)
+  and positions restarting at 0 for each example. A packed batch holds
+  exactly the examples the unpacked batch would, so each step's loss and
+  gradients are the same; it only computes fewer padding positions.
+
+None of these changes the loss: padding never reaches a real token (causal
+attention with a padding mask, or a segment mask when packed) and the loss
+only ever read those positions.
 """
 
 from __future__ import annotations
@@ -151,6 +159,124 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def pack_rows(lengths: np.ndarray, row_length: int) -> list[list[int]]:
+    """Pack examples into rows, first-fit decreasing; never splits an example.
+
+    Examples are placed longest first (ties in their given order), each into
+    the first row with room for it, or a new row. The result depends only on
+    `lengths`, so it is as reproducible as the batch it packs.
+
+    Args:
+        lengths: real tokens of each example, each at most `row_length`.
+        row_length: tokens per row.
+
+    Returns:
+        One list per row of positions into `lengths`, in placement order.
+
+    Example:
+    >>> pack_rows(np.array([30, 100, 20, 90]), row_length=128)
+    [[1, 2], [3, 0]]
+    """
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for item in np.argsort(-np.asarray(lengths), kind="stable"):
+        length = int(lengths[item])
+        if length > row_length:
+            raise ValueError(f"an example of {length} tokens does not fit rows of {row_length}")
+        row = next((r for r, room in enumerate(free) if room >= length), len(rows))
+        if row == len(rows):
+            rows.append([])
+            free.append(row_length)
+        rows[row].append(int(item))
+        free[row] -= length
+    return rows
+
+
+def packed_row_count(needed: int, batch_size: int) -> int:
+    """Rows a packed batch is padded to: `needed` rounded to a multiple of `batch_size // 8`.
+
+    Each distinct row count is a compiled shape; rounding keeps them to at
+    most eight per batch size (and exact for batches of up to 15 examples).
+
+    Args:
+        needed: rows the packer used.
+        batch_size: examples per batch.
+
+    Returns:
+        The padded row count.
+
+    Example:
+    >>> packed_row_count(5, batch_size=32)
+    8
+    """
+    multiple = max(1, batch_size // 8)
+    return math.ceil(needed / multiple) * multiple
+
+
+def make_packed_batch(
+    split: TokenizedSplit,
+    indices: np.ndarray,
+    row_length: int,
+    loss_buffer: int,
+    batch_size: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Assemble one batch with its examples packed into rows of `row_length`.
+
+    Args:
+        split: the tokenized split.
+        indices: which examples, in batch order.
+        row_length: tokens per row (the run's `sequence_length`).
+        loss_buffer: loss positions per example (from `loss_buffer_size`).
+        batch_size: the run's batch size, for `packed_row_count`; defaults
+            to `len(indices)`.
+
+    Returns:
+        `token_ids`, `segment_ids` (1, 2, ... for the examples of a row, 0
+        on padding) and `positions` (0, 1, ... within each example), all
+        `[rows, row_length]`; and, per example in `indices` order,
+        `loss_positions` (indices into the flattened `[rows * row_length]`
+        tokens), `loss_labels` and `loss_weights` (`[len(indices),
+        loss_buffer]`; unused slots have weight 0), as in `make_batch`.
+
+    Example:
+    >>> batch = make_packed_batch(split, np.arange(8), row_length=128, loss_buffer=32)
+    >>> batch["token_ids"].shape  # eight examples in three rows
+    (3, 128)
+    """
+    lengths = split.lengths[indices]
+    rows = pack_rows(lengths, row_length)
+    count = packed_row_count(len(rows), batch_size or len(indices))
+    token_ids = np.zeros((count, row_length), dtype="int32")
+    segment_ids = np.zeros((count, row_length), dtype="int32")
+    positions = np.zeros((count, row_length), dtype="int32")
+    start = np.zeros(len(indices), dtype="int64")  # each example's first flat index
+    for row, members in enumerate(rows):
+        offset = 0
+        for segment, member in enumerate(members, start=1):
+            length = int(lengths[member])
+            token_ids[row, offset:offset + length] = split.token_ids[indices[member], :length]
+            segment_ids[row, offset:offset + length] = segment
+            positions[row, offset:offset + length] = np.arange(length)
+            start[member] = row * row_length + offset
+            offset += length
+    batch = make_batch(split, indices, (split.token_ids.shape[1],), loss_buffer)
+    return {
+        "token_ids": token_ids,
+        "segment_ids": segment_ids,
+        "positions": positions,
+        "loss_positions": (batch["loss_positions"] + start[:, None]).astype("int32"),
+        "loss_labels": batch["loss_labels"],
+        "loss_weights": batch["loss_weights"],
+    }
+
+
+def _batch(split: TokenizedSplit, indices: np.ndarray, buckets: tuple[int, ...],
+           loss_buffer: int, packing: bool, batch_size: int) -> dict[str, np.ndarray]:
+    if packing:
+        return make_packed_batch(split, indices, buckets[-1], loss_buffer, batch_size)
+    return make_batch(split, indices, buckets, loss_buffer)
+
+
 def training_batches(
     split: TokenizedSplit,
     batch_size: int,
@@ -158,24 +284,32 @@ def training_batches(
     buckets: tuple[int, ...],
     loss_buffer: int,
     start_step: int = 0,
+    packing: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless shuffled training batches, reproducible from (seed, step).
 
     Each pass over the data is a fresh permutation; a batch never spans two
     passes (the last partial batch of a pass is dropped). Starting at
     `start_step` gives exactly the batches a run from step 0 would have seen
-    from there on, which is what resuming needs.
+    from there on, which is what resuming needs. Packing changes how a
+    batch's examples are laid out, never which examples it holds.
 
     Args:
         split: the tokenized training split.
         batch_size: examples per batch.
         seed: the run's seed.
-        buckets: allowed sequence lengths.
+        buckets: allowed sequence lengths; packed rows are `buckets[-1]` long.
         loss_buffer: loss positions per example.
         start_step: index of the first batch to yield.
+        packing: pack each batch's examples into rows (`make_packed_batch`).
 
     Yields:
-        Batches from `make_batch`.
+        Batches from `make_batch`, or `make_packed_batch` when packing.
+
+    Example:
+    >>> batches = training_batches(split, 8, seed=0, buckets=(32, 64), loss_buffer=16)
+    >>> next(batches)["token_ids"].shape[0]
+    8
     """
     per_epoch = max(1, len(split) // batch_size)
     step = start_step
@@ -183,7 +317,7 @@ def training_batches(
         epoch, offset = divmod(step, per_epoch)
         order = epoch_order(len(split), seed, epoch)
         indices = order[offset * batch_size:(offset + 1) * batch_size]
-        yield make_batch(split, indices, buckets, loss_buffer)
+        yield _batch(split, indices, buckets, loss_buffer, packing, batch_size)
         step += 1
 
 
@@ -192,8 +326,20 @@ def evaluation_batches(
     batch_size: int,
     buckets: tuple[int, ...],
     loss_buffer: int,
+    packing: bool = False,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One ordered pass in batches; the last batch may be smaller."""
+    """One ordered pass in batches; the last batch may be smaller.
+
+    Args:
+        split: the tokenized split.
+        batch_size: examples per batch.
+        buckets: allowed sequence lengths; packed rows are `buckets[-1]` long.
+        loss_buffer: loss positions per example.
+        packing: pack each batch's examples into rows.
+
+    Yields:
+        Batches from `make_batch`, or `make_packed_batch` when packing.
+    """
     for start in range(0, len(split), batch_size):
-        yield make_batch(split, np.arange(start, min(start + batch_size, len(split))),
-                         buckets, loss_buffer)
+        indices = np.arange(start, min(start + batch_size, len(split)))
+        yield _batch(split, indices, buckets, loss_buffer, packing, batch_size)

@@ -1,4 +1,4 @@
-"""Bucketing and response-only logits change speed, never the loss."""
+"""Bucketing, packing and response-only logits change speed, never the loss."""
 
 import jax
 import jax.numpy as jnp
@@ -83,3 +83,100 @@ def test_loss_and_gradients_equal_the_stock_full_logits_path(tiny_causal_lm, col
     for variable, grad in zip(steps.trainable_variables, our_grads):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(by_path[variable.path]),
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_pack_rows_is_first_fit_decreasing():
+    assert batching.pack_rows(np.array([30, 100, 20, 90]), row_length=128) == [[1, 2], [3, 0]]
+    assert batching.pack_rows(np.array([64, 64, 64]), row_length=128) == [[0, 1], [2]]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(1, 129, size=int(rng.integers(1, 40)))
+        rows = batching.pack_rows(lengths, row_length=128)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        assert all(lengths[row].sum() <= 128 for row in rows)
+        # First fit, longest first: when an example was placed, no earlier row had room.
+        rank = np.empty(len(lengths), int)
+        rank[np.argsort(-lengths, kind="stable")] = np.arange(len(lengths))
+        for r, row in enumerate(rows):
+            for item in row:
+                for earlier in rows[:r]:
+                    fill = sum(lengths[i] for i in earlier if rank[i] < rank[item])
+                    assert fill + lengths[item] > 128, (lengths, rows)
+
+
+def test_packed_row_count_limits_the_compiled_shapes():
+    assert [batching.packed_row_count(n, batch_size=4) for n in range(1, 5)] == [1, 2, 3, 4]
+    assert {batching.packed_row_count(n, batch_size=32) for n in range(1, 33)} == {
+        4, 8, 12, 16, 20, 24, 28, 32}
+
+
+def _packing_split(count=64, row=64, seed=0):
+    """Examples of 3 to `row` tokens with a response of 1 to half of them."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(10, 500, size=(count, row + 1)).astype("int32")
+    mask = np.zeros((count, row + 1), bool)
+    weights = np.zeros((count, row), "float32")
+    for example in range(count):
+        length = int(rng.integers(3, row + 1))
+        response = int(rng.integers(1, length // 2 + 1))
+        mask[example, :length] = True
+        weights[example, length - 1 - response:length - 1] = 1.0
+    ids[~mask] = 0
+    return batching.TokenizedSplit(ids[:, :-1], mask[:, :-1], ids[:, 1:], weights)
+
+
+def test_packed_batch_keeps_every_example_whole_and_every_loss_token_once():
+    split = _packing_split()
+    buffer = batching.loss_buffer_size(split)
+    stream = batching.training_batches(split, 16, seed=5, buckets=(64,), loss_buffer=buffer,
+                                       packing=True)
+    plain = batching.training_batches(split, 16, seed=5, buckets=(64,), loss_buffer=buffer)
+    for _ in range(6):  # more than one pass of 4 batches
+        packed, unpacked = next(stream), next(plain)
+        rows, length = packed["token_ids"].shape
+        assert length == 64 and rows < 16
+        # Each example's own loss slots: same labels and weights as unpacked, in batch order.
+        np.testing.assert_array_equal(packed["loss_labels"], unpacked["loss_labels"])
+        np.testing.assert_array_equal(packed["loss_weights"], unpacked["loss_weights"])
+        flat = {key: packed[key].reshape(-1) for key in ("token_ids", "segment_ids", "positions")}
+        seen = set()
+        for example in range(16):
+            # The example is one contiguous segment holding its tokens, positions from 0.
+            start = int(packed["loss_positions"][example, 0] - unpacked["loss_positions"][example, 0])
+            row, segment = start // length, flat["segment_ids"][start]
+            in_segment = np.flatnonzero(packed["segment_ids"][row] == segment)
+            count = int(unpacked["padding_mask"][example].sum())
+            assert len(in_segment) == count and in_segment[0] == start % length
+            assert np.all(np.diff(in_segment) == 1)
+            np.testing.assert_array_equal(packed["positions"][row, in_segment], np.arange(count))
+            np.testing.assert_array_equal(packed["token_ids"][row, in_segment],
+                                          unpacked["token_ids"][example, :count])
+            seen.add((row, int(segment)))
+            # Its loss tokens point inside its own segment at the unpacked positions.
+            used = unpacked["loss_weights"][example] > 0
+            where = packed["loss_positions"][example, used]
+            assert np.all(flat["segment_ids"][where] == segment) and np.all(where // length == row)
+            np.testing.assert_array_equal(flat["positions"][where],
+                                          unpacked["loss_positions"][example, used])
+        # Every segment of every row is exactly one example; the rest is padding.
+        segments = {(r, int(s)) for r in range(rows) for s in np.unique(packed["segment_ids"][r])
+                    if s > 0}
+        assert segments == seen
+        assert (packed["segment_ids"] > 0).sum() == unpacked["padding_mask"].sum()
+        assert packed["token_ids"][packed["segment_ids"] == 0].sum() == 0
+
+
+def test_packed_training_batches_are_reproducible_and_resumable():
+    split = _packing_split()
+
+    def take(start, count):
+        stream = batching.training_batches(split, 16, seed=3, buckets=(64,), loss_buffer=32,
+                                           start_step=start, packing=True)
+        return [next(stream) for _ in range(count)]
+
+    first = take(0, 7)  # 4 batches per pass: crosses into the second pass
+    for again, resumed in zip(first[5:], take(5, 2)):
+        for key in again:
+            np.testing.assert_array_equal(again[key], resumed[key])
+    for again, repeated in zip(first, take(0, 7)):
+        np.testing.assert_array_equal(again["token_ids"], repeated["token_ids"])

@@ -6,13 +6,17 @@ import sys
 
 
 def test_train_throughput_smoke():
+    # --loss-chunk 16 is below the batch's loss positions, so the chunked loss runs too.
     command = [sys.executable, "benchmarks/train_throughput.py", "--arch", "tiny", "--steps", "3",
-               "--warmup", "1", "--max-length", "32", "--lengths", "parametric:0.33"]
+               "--warmup", "1", "--max-length", "32", "--lengths", "parametric:0.33", "--packing",
+               "--loss-chunk", "16"]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rows = [line for line in completed.stdout.splitlines() if line.startswith(("| stock", "| ours"))]
-    assert len(rows) == 2
+    assert [row.split("|")[1].strip() for row in rows] == ["stock", "ours", "ours+packing"]
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert all(re.fullmatch(r"[\d,.]+%?", cell) for cell in cells[1:]), row
     assert "step time ours/stock:" in completed.stdout
+    assert "step time ours+packing/stock:" in completed.stdout
+    assert "loss chunk 16" in completed.stdout
