@@ -23,6 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
+from gemma_lora import distribution
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 from gemma_lora.io_utils import atomic_directory
@@ -80,12 +81,15 @@ def save(run_dir: str | os.PathLike, step: int, arrays: dict[str, np.ndarray],
         keep: how many checkpoints to keep (at least 1).
 
     Returns:
-        The checkpoint folder.
+        The checkpoint folder. On a multi-host run only process 0 writes
+        (`distribution.is_writer`); the others return the same path.
 
     Example:
     >>> save("runs/demo", 100, {"w": np.zeros(3)}, {"fingerprint": {}}, keep=2)
     """
     folder = Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:06d}"
+    if not distribution.is_writer():
+        return folder
     with atomic_directory(folder) as tmp:
         save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()},
                   str(tmp / ARRAYS_FILE))

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Any
 
 from gemma_lora.data import TEMPLATES
@@ -18,6 +19,9 @@ from gemma_lora.errors import ConfigError
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 QUANTIZATION_MODES = ("int8", "int4")
+# Loss positions whose logits are built at once (see `steps`); a batch with
+# more is projected in chunks of at most this many.
+DEFAULT_LOSS_CHUNK_SIZE = 512
 
 
 @dataclasses.dataclass
@@ -69,6 +73,15 @@ class RunConfig:
         sequence_length: tokens per training example (longer ones are
             truncated and counted).
         batch_size: examples per training step.
+        packing: pack each batch's examples into as few rows of
+            `sequence_length` as they fit in, each example attending only to
+            itself (same examples, loss and gradients per step; fewer padding
+            positions computed). Worth it for large batches of examples much
+            shorter than `sequence_length`; text-only Gemma 3 models only.
+        loss_chunk_size: compute the vocabulary projection of at most this
+            many loss positions at once (less memory, some recomputation in
+            the backward pass); `None` or 0 builds all logits of a batch at
+            once. Same loss either way.
         learning_rate: peak learning rate.
         weight_decay: AdamW weight decay (never applied to biases or norms).
         warmup_steps: steps of linear warm-up from 0 to `learning_rate`.
@@ -83,6 +96,19 @@ class RunConfig:
         keep_checkpoints: how many of the newest checkpoints to keep.
         resume: continue from the newest checkpoint in `run_dir` (refused
             if it was made by a different configuration).
+        data_parallel: devices on the data axis of the device mesh (each
+            gets `batch_size / data_parallel` examples of every batch), or
+            `"auto"`; see `gemma_lora.distribution`.
+        model_parallel: devices on the model axis (Gemma's kernels are split
+            across them), or `"auto"`. Both `"auto"` put every device on the
+            data axis; `data_parallel × model_parallel` must equal the
+            device count.
+        coordinator_address: multi-host runs only: `"host:port"` of process
+            0 (with `num_processes` and `process_id`), or `"auto"` to let
+            JAX detect the cluster; `None` starts multi-host only when the
+            environment names a cluster (`distribution.cluster_environment`).
+        num_processes: number of processes (hosts) of a multi-host run.
+        process_id: this process's index, 0 to `num_processes - 1`.
         max_new_tokens: generation budget per test example.
         eval_batch_size: examples per batch when evaluating and generating.
         num_samples: side-by-side sample generations shown in the report.
@@ -115,6 +141,8 @@ class RunConfig:
     quantize: str | None = None
     sequence_length: int = 128
     batch_size: int = 4
+    packing: bool = False
+    loss_chunk_size: int | None = DEFAULT_LOSS_CHUNK_SIZE
     learning_rate: float = 2e-4
     weight_decay: float = 0.01
     warmup_steps: int = 10
@@ -127,6 +155,11 @@ class RunConfig:
     checkpoint_every: int | None = None
     keep_checkpoints: int = 2
     resume: bool = False
+    data_parallel: int | str = "auto"
+    model_parallel: int | str = "auto"
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
     max_new_tokens: int = 48
     eval_batch_size: int = 16
     num_samples: int = 5
@@ -161,6 +194,10 @@ class RunConfig:
                 'rank_pattern must be a mapping like {"decoder_block_1[0-7]/.*": 16}; '
                 f"got {self.rank_pattern!r}."
             )
+        if not isinstance(self.packing, bool):
+            raise ConfigError(f"packing must be True or False; got {self.packing!r}.")
+        if self.loss_chunk_size is not None:
+            _check_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
         if not isinstance(self.resume, bool):
             raise ConfigError(f"resume must be True or False; got {self.resume!r}.")
         if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float))
@@ -197,6 +234,7 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise ConfigError(f"{name} must be a non-empty string or None; got {value!r}.")
+        _check_devices(self)
 
     @property
     def checkpoint_interval(self) -> int:
@@ -266,10 +304,12 @@ class RunConfig:
         return cls(**{name: namespace[name] for name in names if name in namespace})
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON, atomically."""
+        """Write the config as JSON, atomically (process 0 only, on several hosts)."""
+        from gemma_lora import distribution
         from gemma_lora.io_utils import write_json_atomic
 
-        write_json_atomic(path, self.to_dict())
+        if distribution.is_writer():
+            write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
@@ -299,6 +339,49 @@ def _as_tuple(name: str, value: Any) -> tuple[str, ...]:
             f"or a comma-separated string; got {value!r}."
         )
     return tuple(value)
+
+
+def _check_devices(config: RunConfig) -> None:
+    """Check the mesh and multi-host fields (their fit to the devices is checked
+    by `distribution.apply`, which sees the devices)."""
+    for name in ("data_parallel", "model_parallel"):
+        value = getattr(config, name)
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(
+                f'{name} must be "auto" or an integer >= 1 (devices on that mesh axis); '
+                f"got {value!r}."
+            )
+    if isinstance(config.data_parallel, int) and config.batch_size % config.data_parallel:
+        raise ConfigError(
+            f"batch_size={config.batch_size} cannot be split across "
+            f"data_parallel={config.data_parallel} devices: use a multiple of "
+            f"{config.data_parallel}."
+        )
+    if (config.num_processes is None) != (config.process_id is None):
+        raise ConfigError(
+            "num_processes and process_id go together: set both or neither; got "
+            f"num_processes={config.num_processes!r}, process_id={config.process_id!r}."
+        )
+    if config.num_processes is not None:
+        _check_int("num_processes", config.num_processes, minimum=1)
+        _check_int("process_id", config.process_id, minimum=0)
+        if config.process_id >= config.num_processes:
+            raise ConfigError(
+                f"process_id must be below num_processes={config.num_processes}; "
+                f"got {config.process_id}."
+            )
+    address = config.coordinator_address
+    if address is not None and address != "auto":
+        if not isinstance(address, str) or not re.fullmatch(r"\S+:\d+", address):
+            raise ConfigError(
+                'coordinator_address must be "host:port" (process 0\'s address), "auto" '
+                f"or None; got {address!r}."
+            )
+        if config.num_processes is None:
+            raise ConfigError(
+                f"coordinator_address={address!r} needs num_processes and process_id too "
+                '(or use coordinator_address="auto" on a cluster JAX detects).'
+            )
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

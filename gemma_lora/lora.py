@@ -28,6 +28,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
+from gemma_lora import distribution
 from gemma_lora import lora_dropout
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import ModelError
@@ -306,7 +307,7 @@ def save_adapter(model: keras.Model, path: str | os.PathLike, base_preset: str) 
         base_preset: the preset the base model was loaded from.
 
     Returns:
-        The adapter folder.
+        The adapter folder (written by process 0 only on a multi-host run).
 
     Example:
     >>> save_adapter(model, "runs/demo/adapter", base_preset="gemma3_270m")
@@ -331,6 +332,8 @@ def save_adapter(model: keras.Model, path: str | os.PathLike, base_preset: str) 
         "keras_hub_version": keras_hub.__version__,
     }
     path = Path(path)
+    if not distribution.is_writer():  # a multi-host run's other processes
+        return path
     with atomic_directory(path) as tmp:
         save_file(lora_weights(model), str(tmp / ADAPTER_WEIGHTS))
         write_json_atomic(tmp / ADAPTER_CONFIG, config)

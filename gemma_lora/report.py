@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib.pyplot as plt
 
+from gemma_lora import distribution
 from gemma_lora.config import RunConfig
 from gemma_lora.evaluate import Evaluation
 from gemma_lora.io_utils import write_json_atomic
@@ -39,7 +40,8 @@ def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
     >>> write_metrics(config, {"tuned": {"exact_match": 0.9}})
     """
     path = Path(config.run_dir) / METRICS_FILE
-    write_json_atomic(path, {**config.to_dict(), "results": results})
+    if distribution.is_writer():  # process 0 only, on a multi-host run
+        write_json_atomic(path, {**config.to_dict(), "results": results})
     return path
 
 
@@ -73,7 +75,8 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> plt.Figure
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    if distribution.is_writer():
+        figure.savefig(path, dpi=110)
     return figure
 
 
@@ -228,7 +231,8 @@ def plot_confusion_matrices(
             axis.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center",
                       color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    if distribution.is_writer():
+        figure.savefig(path, dpi=110)
     return figure
 
 

@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from gemma_lora import lora_dropout
+from gemma_lora.distribution import shard_batch
 from gemma_lora import packed_forward
 from gemma_lora.config import DEFAULT_LOSS_CHUNK_SIZE
 
@@ -67,7 +68,12 @@ class CompiledSteps:
             self.optimizer_state = [v.value for v in optimizer.variables]
             self._iterations_index = optimizer.variables.index(optimizer.iterations)
         self._dropout_root = jax.random.key(seed)
-        self._train_step = jax.jit(self._train_step_fn)
+        # On several devices, updated values keep their variables' layouts (else
+        # the compiler picks its own, and the next step compiles again).
+        keep_layouts = {} if keras.distribution.distribution() is None else {"out_shardings": (
+            None, None, [value.sharding for value in self.trainable],
+            [value.sharding for value in getattr(self, "optimizer_state", [])])}
+        self._train_step = jax.jit(self._train_step_fn, **keep_layouts)
         self._loss_step = jax.jit(self._loss_fn)
         self._log_likelihood_step = jax.jit(self._log_likelihood_fn)
 
@@ -154,13 +160,13 @@ class CompiledSteps:
             gradient were finite; when they were not, nothing was updated.
         """
         loss, finite, self.trainable, self.optimizer_state = self._train_step(
-            self.trainable, self.non_trainable, self.optimizer_state, batch
+            self.trainable, self.non_trainable, self.optimizer_state, shard_batch(batch)
         )
         return float(loss), bool(finite)
 
     def loss(self, batch: dict[str, np.ndarray]) -> tuple[float, float]:
         """Summed token loss and token count of `batch`, without updating."""
-        mean = self._loss_step(self.trainable, self.non_trainable, batch)
+        mean = self._loss_step(self.trainable, self.non_trainable, shard_batch(batch))
         count = float(np.sum(batch["loss_weights"]))
         return float(mean) * count, count
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from gemma_lora import batching
 from gemma_lora import checkpoint
+from gemma_lora import distribution
 from gemma_lora import lora
 from gemma_lora.config import RunConfig
 from gemma_lora.io_utils import write_text_atomic
@@ -163,8 +164,11 @@ def write_history(history: list[dict], path: str | os.PathLike) -> None:
 
     Args:
         history: rows with the keys of `HISTORY_FIELDS`.
-        path: destination CSV file.
+        path: destination CSV file; on a multi-host run only process 0
+            writes it (`distribution.is_writer`).
     """
+    if not distribution.is_writer():
+        return
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
     writer.writeheader()
@@ -215,12 +219,13 @@ def train(
     val_split = batching.tokenize(model.preprocessor, validation_examples, config.sequence_length)
     train_buffer = batching.loss_buffer_size(train_split)
     val_buffer = batching.loss_buffer_size(val_split)
-    steps = CompiledSteps(model, make_optimizer(config, total_steps), seed=config.seed)
+    steps = CompiledSteps(model, make_optimizer(config, total_steps), seed=config.seed,
+                          loss_chunk_size=config.loss_chunk_size)
     run_fingerprint = checkpoint.fingerprint(config)
 
     def validation_loss() -> float:
         return steps.mean_loss(batching.evaluation_batches(
-            val_split, config.eval_batch_size, buckets, val_buffer))
+            val_split, config.eval_batch_size, buckets, val_buffer, packing=config.packing))
 
     start = time.perf_counter()
     progress = _resume(config, run_fingerprint, steps, log)
@@ -228,11 +233,13 @@ def train(
         initial = validation_loss()
         progress = _Progress([{"step": 0, "loss": None, "learning_rate": 0.0,
                                "val_loss": initial}], best_val_loss=initial)
-        log(f"Training {total_steps} steps of {config.batch_size} examples; validation every "
+        log(f"Training {total_steps} steps of {config.batch_size} examples"
+            f"{distribution.batch_summary(config.batch_size)}; validation every "
             f"{config.eval_every} steps (before training: val_loss {initial:.4f}).")
     first_step = progress.step + 1
     batches = batching.training_batches(train_split, config.batch_size, config.seed,
-                                        buckets, train_buffer, start_step=progress.step)
+                                        buckets, train_buffer, start_step=progress.step,
+                                        packing=config.packing)
     stopped_early = False
     diverged_at = None
     for step in range(first_step, total_steps + 1):
@@ -278,7 +285,8 @@ def _resume(config: RunConfig, fingerprint: dict, steps: CompiledSteps,
             log: Callable[[str], None]) -> _Progress | None:
     """Load the newest checkpoint when resuming; start clean otherwise."""
     if not config.resume:
-        shutil.rmtree(Path(config.run_dir) / checkpoint.CHECKPOINTS_DIR, ignore_errors=True)
+        if distribution.is_writer():
+            shutil.rmtree(Path(config.run_dir) / checkpoint.CHECKPOINTS_DIR, ignore_errors=True)
         return None
     folder = checkpoint.latest(config.run_dir)
     if folder is None:
