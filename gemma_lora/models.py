@@ -170,6 +170,11 @@ def quantize_base(model: keras_hub.models.CausalLM, mode: str) -> None:
     Call it before `lora.enable_lora` for QLoRA: the frozen base is stored
     as int8 or int4 (with float scales) and LoRA trains in float on top.
 
+    Both modes quantize the weights only, as QLoRA does: activations stay in
+    float. (Keras' default int8 also rounds each layer's inputs to int8; its
+    tied-embedding logits path then has no gradient to the hidden states
+    except through the rounding scale, and LoRA training diverges.)
+
     Args:
         model: a KerasHub `CausalLM`.
         mode: `"int8"` or `"int4"`.
@@ -183,7 +188,11 @@ def quantize_base(model: keras_hub.models.CausalLM, mode: str) -> None:
     with warnings.catch_warnings():
         # Keras warns for every layer without weights to quantize.
         warnings.filterwarnings("ignore", message="Layer .* does not have a `quantize` method")
-        model.backbone.quantize(mode)
+        if mode == "int8":
+            model.backbone.quantize(config=keras.quantizers.Int8QuantizationConfig(
+                activation_quantizer=None))
+        else:
+            model.backbone.quantize(mode)  # Keras' int4 is weight-only already.
 
 
 # Special tokens Gemma3Tokenizer requires, in the order they get ids 0..n.
