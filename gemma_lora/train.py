@@ -134,9 +134,9 @@ class _Progress:
 
     history: list[dict]
     best_val_loss: float
+    best_values: dict[str, np.ndarray]
     best_step: int = 0
     evals_without_improvement: int = 0
-    best_values: dict[str, np.ndarray] | None = None
 
     @property
     def step(self) -> int:
@@ -150,8 +150,8 @@ class _Progress:
     @classmethod
     def from_state(cls, state: dict, arrays: dict[str, np.ndarray]) -> "_Progress":
         best = {k.removeprefix("best/"): v for k, v in arrays.items() if k.startswith("best/")}
-        return cls(state["history"], state["best_val_loss"], state["best_step"],
-                   state["evals_without_improvement"], best or None)
+        return cls(state["history"], state["best_val_loss"], best, state["best_step"],
+                   state["evals_without_improvement"])
 
 
 def _clock(seconds: float) -> str:
@@ -231,8 +231,12 @@ def train(
     progress = _resume(config, run_fingerprint, steps, log)
     if progress is None:
         initial = validation_loss()
+        # The untrained adapter (B = 0: the base model) is the first "best": a
+        # run that never beats it ends with the base model's behaviour.
         progress = _Progress([{"step": 0, "loss": None, "learning_rate": 0.0,
-                               "val_loss": initial}], best_val_loss=initial)
+                               "val_loss": initial}], best_val_loss=initial,
+                             best_values=steps.trainable_values())
+        lora.save_adapter(model, run_dir / ADAPTER_DIR, config.preset)
         log(f"Training {total_steps} steps of {config.batch_size} examples"
             f"{distribution.batch_summary(config.batch_size)}; validation every "
             f"{config.eval_every} steps (before training: val_loss {initial:.4f}).")
@@ -267,8 +271,7 @@ def train(
                 "evaluations.")
             break
     steps.write_back()
-    if progress.best_values is not None:
-        lora.assign_lora_weights(model, progress.best_values, "best adapter")
+    lora.assign_lora_weights(model, progress.best_values, "best adapter")
     return TrainResult(
         history=progress.history,
         best_step=progress.best_step,
@@ -304,7 +307,7 @@ def _evaluate(progress: _Progress, val_loss: float, steps: CompiledSteps,
               model: keras.Model, config: RunConfig) -> bool:
     """Record a validation loss; save the adapter when it is the best so far."""
     progress.history[-1]["val_loss"] = val_loss
-    improved = val_loss < progress.best_val_loss or progress.best_values is None
+    improved = val_loss < progress.best_val_loss
     if improved:
         progress.best_val_loss, progress.best_step = val_loss, progress.step
         progress.best_values = steps.trainable_values()
@@ -319,7 +322,7 @@ def _evaluate(progress: _Progress, val_loss: float, steps: CompiledSteps,
 def _save_checkpoint(run_dir: Path, steps: CompiledSteps, progress: _Progress,
                      fingerprint: dict, keep: int) -> None:
     arrays = steps.state_arrays()
-    for path, value in (progress.best_values or {}).items():
+    for path, value in progress.best_values.items():
         arrays[f"best/{path}"] = value
     checkpoint.save(run_dir, progress.step, arrays, progress.to_state(fingerprint), keep)
 

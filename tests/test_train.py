@@ -140,3 +140,20 @@ def test_qlora_gradients_match_the_float_base(tiny_tokenizer_proto, color_exampl
     quantized, full = lora_gradients(True), lora_gradients(False)
     cosine = quantized @ full / (np.linalg.norm(quantized) * np.linalg.norm(full))
     assert cosine > 0.9, cosine  # int4 gives ~0.94 here; int8 with activation rounding 0.33
+
+
+def test_a_run_that_never_improves_keeps_the_base_model(tiny_causal_lm, color_examples, tmp_path):
+    from safetensors.numpy import load_file
+
+    # Steps this small leave the validation loss exactly where it was: never better.
+    config = _config(tmp_path, max_steps=10, eval_every=5, patience=5, learning_rate=1e-30,
+                     warmup_steps=0)
+    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    result = train.train(tiny_causal_lm, config, color_examples["train"],
+                         color_examples["validation"], log=lambda line: None)
+    assert result.best_step == 0
+    saved = load_file(str(result.adapter_dir / lora.ADAPTER_WEIGHTS))
+    b_weights = [value for key, value in saved.items() if "lora_kernel_b" in key]
+    assert b_weights and not any(value.any() for value in b_weights)
+    for key, value in lora.lora_weights(tiny_causal_lm).items():
+        np.testing.assert_array_equal(value, saved[key])
