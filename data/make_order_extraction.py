@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
+import sys
 from pathlib import Path
+
+# The package is one folder up: `python data/<script>.py` works from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gemma_lora.io_utils import write_jsonl_atomic  # noqa: E402
 
 SEED = 270
 COUNT = 2500
@@ -397,21 +400,6 @@ def make_examples(count: int = COUNT, seed: int = SEED) -> list[dict]:
     return examples
 
 
-def write_jsonl(path: Path, examples: list[dict]) -> None:
-    """Write one JSON object per line through a temporary file and a rename."""
-    text = "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     """Write the data set to `--output` (default: beside this script)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -421,7 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     examples = make_examples()
-    write_jsonl(args.output, examples)
+    write_jsonl_atomic(args.output, examples)
     print(f"wrote {len(examples)} examples to {args.output}")
 
 

@@ -25,11 +25,13 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
-import tempfile
+import sys
 from pathlib import Path
+
+# The package is one folder up: `python data/<script>.py` works from anywhere.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gemma_lora.io_utils import write_jsonl_atomic  # noqa: E402
 
 SEED = 2718
 TRAIN_COUNT = 1200
@@ -285,21 +287,6 @@ def make_splits(seed: int = SEED) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write one JSON object per line through a temporary file and a rename."""
-    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
-            file.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     """Write both files to `--output-dir` (default: beside this script)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -310,8 +297,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     train, test = make_splits()
-    write_jsonl(args.output_dir / TRAIN_FILE, train)
-    write_jsonl(args.output_dir / TEST_FILE, test)
+    write_jsonl_atomic(args.output_dir / TRAIN_FILE, train)
+    write_jsonl_atomic(args.output_dir / TEST_FILE, test)
     print(f"wrote {len(train)} training and {len(test)} test reviews to {args.output_dir}")
 
 

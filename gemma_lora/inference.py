@@ -20,7 +20,7 @@ import keras_hub
 from gemma_lora import data
 from gemma_lora import evaluate
 from gemma_lora.errors import DataError
-from gemma_lora.io_utils import write_text_atomic
+from gemma_lora.io_utils import write_jsonl_atomic
 
 
 def read_requests(path: str | os.PathLike) -> list[data.Record]:
@@ -109,7 +109,5 @@ def timed_generation(
 def write_predictions(path: str | os.PathLike, requests: Sequence[data.Record],
                       answers: Sequence[str]) -> None:
     """Write one JSON object per request (`instruction`, `input`, `prediction`), atomically."""
-    lines = [json.dumps({"instruction": r.instruction, "input": r.input, "prediction": a},
-                        ensure_ascii=False)
-             for r, a in zip(requests, answers)]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    write_jsonl_atomic(path, ({"instruction": r.instruction, "input": r.input, "prediction": a}
+                              for r, a in zip(requests, answers)))

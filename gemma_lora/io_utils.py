@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 
 def _umask() -> int:
@@ -46,6 +46,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
     """Write `value` as indented JSON to `path`, atomically."""
     write_text_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Write one JSON object per line to `path` (UTF-8, not escaped), atomically.
+
+    Example:
+    >>> write_jsonl_atomic("/tmp/rows.jsonl", [{"text": "café", "label": "positive"}])
+    """
+    write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 @contextlib.contextmanager
