@@ -188,6 +188,8 @@ def enable_lora(
     alpha = float(rank if alpha is None else alpha)
     plan = {}
     for layer in resolve_targets(model, target_layers):
+        if dropout > 0:
+            lora_dropout.check_supported(layer)  # before any layer is changed
         layer_rank = _pattern_rank(layer.path, rank, rank_pattern or {})
         scale = alpha / math.sqrt(layer_rank) if use_rslora else alpha / layer_rank
         plan[layer.path] = (layer_rank, scale * layer_rank)  # Keras scales by alpha / rank.

@@ -26,6 +26,8 @@ from typing import Iterator
 import jax
 import keras
 
+from gemma_lora.errors import ConfigError
+
 _ACTIVE_KEY: contextvars.ContextVar = contextvars.ContextVar("lora_dropout_key", default=None)
 
 
@@ -48,12 +50,26 @@ def dropout_keys(key: jax.Array) -> Iterator[None]:
         _ACTIVE_KEY.reset(token)
 
 
+def check_supported(layer: keras.layers.Layer) -> None:
+    """Raise `ConfigError` unless `layer` can take LoRA dropout (no activation).
+
+    Example:
+    >>> check_supported(model.backbone.get_layer("decoder_block_0").attention.query_dense)
+    """
+    if layer.activation not in (None, keras.activations.linear):
+        raise ConfigError(
+            f"dropout > 0 needs target layers without an activation (the LoRA branch is added "
+            f"to the linear output); {layer.path} has one. Leave it out of target_layers, or "
+            "set dropout=0."
+        )
+
+
 def add_dropout(layer: keras.layers.Layer, rate: float, index: int) -> None:
     """Give a LoRA-enabled `Dense`/`EinsumDense` layer dropout on its LoRA branch.
 
     Args:
-        layer: a layer on which `enable_lora` was called; it must have no
-            activation (the correction is added to its linear output).
+        layer: a layer on which `enable_lora` was called, accepted by
+            `check_supported`.
         rate: the fraction of the branch's inputs dropped, in [0, 1).
         index: the layer's position among the LoRA layers, folded into the
             key so each layer draws its own mask.
@@ -62,8 +78,6 @@ def add_dropout(layer: keras.layers.Layer, rate: float, index: int) -> None:
     >>> layer.enable_lora(8)
     >>> add_dropout(layer, rate=0.05, index=0)
     """
-    if layer.activation not in (None, keras.activations.linear):
-        raise ValueError(f"LoRA dropout needs a layer without activation; {layer.path} has one.")
     equation = getattr(layer, "equation", None)
     for method in ("call", "quantized_call"):
         setattr(layer, method, _with_branch_dropout(layer, getattr(layer, method), rate, index,

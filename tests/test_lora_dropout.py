@@ -157,3 +157,14 @@ def test_bad_dropout_is_refused(tiny_causal_lm, value):
         lora.enable_lora(tiny_causal_lm, rank=4, dropout=value)
     with pytest.raises(ConfigError, match=r"dropout must be a number in \[0, 1\)"):
         RunConfig(dropout=value)
+
+
+def test_dropout_on_a_layer_with_activation_is_refused_before_any_change():
+    import keras
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, activation="relu"),
+                              keras.layers.Dense(2)])
+    with pytest.raises(ConfigError, match=r"dropout > 0 needs target layers without an "
+                                          r"activation.*dense.* has one"):
+        lora.enable_lora(model, rank=2, target_layers="all-linear", dropout=0.1)
+    assert not any(layer.lora_enabled for layer in model.layers)
