@@ -1,4 +1,9 @@
-"""Atomic file writes: a file is either complete or absent, never half-written."""
+"""File input and output: UTF-8 text read with clear errors, and atomic writes.
+
+`read_text` decodes a text file as UTF-8 and names the file, line and byte
+when it cannot; the writers make a file (or folder) either complete or
+absent, never half-written.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,16 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from gemma_lora.errors import DataError
+
+# Leading bytes of files that are not UTF-8 text, and what they are.
+_NOT_UTF8_TEXT = {
+    b"\x1f\x8b": "the file is gzip-compressed (decompress it first, e.g. with gunzip)",
+    b"PK\x03\x04": "the file is a ZIP archive, e.g. an Excel workbook (export it as CSV)",
+    b"\xff\xfe": "the file is UTF-16 text (re-save it as UTF-8)",
+    b"\xfe\xff": "the file is UTF-16 text (re-save it as UTF-8)",
+}
 
 
 def _umask() -> int:
@@ -93,3 +108,41 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """The file decoded as UTF-8; a leading byte order mark (as Excel writes) is dropped.
+
+    Args:
+        path: the file to read.
+
+    Returns:
+        The file's text, line endings unchanged.
+
+    Raises:
+        DataError: the file cannot be read, is compressed, a ZIP archive or
+            UTF-16 text, or holds a byte that is not UTF-8; the message names
+            the file (and for a bad byte its line and position in the line).
+
+    Example:
+    >>> _ = Path("/tmp/bom.txt").write_bytes(b"\\xef\\xbb\\xbfcaf\\xc3\\xa9")
+    >>> read_text("/tmp/bom.txt")
+    'café'
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the file ({error.strerror}).") from None
+    for magic, kind in _NOT_UTF8_TEXT.items():
+        if data.startswith(magic):
+            raise DataError(f"{path}: {kind}; expected UTF-8 text.")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        byte = data[error.start:error.start + 1]
+        raise DataError(
+            f"{path}:{line}: invalid UTF-8 byte {byte!r} at byte {column} of the line; "
+            "expected UTF-8 text (re-save the file as UTF-8)."
+        ) from None

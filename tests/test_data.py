@@ -1,10 +1,12 @@
 """Tests of `gemma_lora.data` and of the shipped `data/order_extraction.jsonl`."""
 
 import doctest
+import importlib
 import importlib.util
 import io
 import json
 import os
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from gemma_lora import config
 from gemma_lora import data
 from gemma_lora.data import DOLLY_FIELDS
 from gemma_lora.data import Record
@@ -450,9 +453,19 @@ def test_truncation_report_counts_nothing_when_all_fit(tiny_tokenizer):
 # === Docstring examples ===
 
 
-def test_docstring_examples(monkeypatch):
+DATA_MODULES = ["gemma_lora.data", *(f"gemma_lora.data.{module.name}"
+                                     for module in pkgutil.iter_modules(data.__path__))]
+
+
+@pytest.mark.parametrize("name", DATA_MODULES)
+def test_docstring_examples(monkeypatch, name):
     monkeypatch.chdir(REPO)
-    assert doctest.testmod(data).failed == 0
+    results = doctest.testmod(importlib.import_module(name))
+    assert results.attempted > 0 and results.failed == 0
+
+
+def test_the_prompt_templates_are_the_configs_template_names():
+    assert set(data.PROMPT_TEMPLATES) == set(config.TEMPLATES)
 
 
 # === The shipped data set ===

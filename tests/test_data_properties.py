@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gemma_lora.data import ALPACA_FIELDS
 from gemma_lora.data import DOLLY_FIELDS
-from gemma_lora.data import TEMPLATES
+from gemma_lora.data import PROMPT_TEMPLATES
 from gemma_lora.data import Record
 from gemma_lora.data import format_prompt
 from gemma_lora.data import read_records
@@ -116,18 +116,18 @@ ANY_TEXT = st.text()  # includes braces, surrogates, control characters, "### Re
 
 @settings(max_examples=300, deadline=None)
 @given(instruction=ANY_TEXT, input_=ANY_TEXT, output=ANY_TEXT,
-       template=st.sampled_from(sorted(TEMPLATES)) | ANY_TEXT)
+       template=st.sampled_from(sorted(PROMPT_TEMPLATES)) | ANY_TEXT)
 def test_any_record_text_gives_a_prompt_or_our_error(instruction, input_, output, template):
     record = Record(instruction, input_, output, "x.jsonl:1")
     try:
         examples = to_prompt_response([record], template=template)
     except ConfigError as error:
-        assert template not in TEMPLATES and str(error).startswith("template must be one of")
+        assert template not in PROMPT_TEMPLATES and str(error).startswith("template must be one of")
         return
     (prompt,) = examples["prompts"]
     assert examples["responses"] == [output]
     assert prompt == format_prompt(record, template)
-    form = TEMPLATES[template][0 if input_ else 1]
+    form = PROMPT_TEMPLATES[template][0 if input_ else 1]
     head, tail = form.split("{", 1)[0], form.rsplit("}", 1)[1]
     assert prompt.startswith(head) and prompt.endswith(tail)
     assert instruction in prompt and input_ in prompt

@@ -9,17 +9,19 @@ A classification data set is a list of (text, label) pairs, read from
   labels are stored as integers there and become their class names.
 
 Labels are checked before anything trains (at least two classes, and no test
-label that training never shows). Each pair then becomes a `data.Record`
+label that training never shows). Each pair then becomes a `Record`
 whose instruction asks for the label, whose input is the text and whose
 output is the label, so a causal LM learns classification with the same
-training as any other instruction task.
+training as any other instruction task. `load_labelled_splits` returns the
+same `Splits` as the instruction data's `load_splits`; `check_labels` gives
+its label set.
 
 Example:
 >>> items = read_labelled("data/sentiment_train.jsonl")
 >>> items[0].label
 'positive'
 >>> records = to_records(items, "Is this review positive or negative?")
->>> splits = data.make_splits(records, validation_fraction=0.05, test_fraction=0.2)
+>>> splits = make_splits(records, validation_fraction=0.05, test_fraction=0.2)
 >>> check_labels(splits)
 ['negative', 'positive']
 """
@@ -33,8 +35,18 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
-from gemma_lora import data
 from gemma_lora.config import RunConfig
+from gemma_lora.data.files import read_records
+from gemma_lora.data.records import Record
+from gemma_lora.data.records import resolve_fields
+from gemma_lora.data.splits import Splits
+from gemma_lora.data.splits import make_splits
+from gemma_lora.data.templates import format_prompt
+from gemma_lora.data.tfds import TFDS_PREFIX
+from gemma_lora.data.tfds import decode_feature
+from gemma_lora.data.tfds import parse_tfds_source
+from gemma_lora.data.tfds import summarize_tfds_error
+from gemma_lora.data.truncation import token_counts
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
 
@@ -86,48 +98,36 @@ def read_labelled(
         ConfigError: `fields` names an unknown field.
 
     Example:
-    >>> read_labelled("tfds:glue/sst2[validation]", {"text": "sentence"})  # doctest: +SKIP
+    >>> read_labelled("data/sentiment_test.jsonl")[0].source
+    'data/sentiment_test.jsonl:1'
+
+    A TFDS split (downloaded the first time)::
+
+        items = read_labelled("tfds:glue/sst2[validation]", {"text": "sentence"})
     """
-    columns = _resolve_fields(fields)
+    columns = resolve_fields(fields, LABELLED_FIELDS)
     source = os.fspath(source)
-    if source.startswith(data.TFDS_PREFIX):
-        name, split = data.parse_tfds_source(source)
+    if source.startswith(TFDS_PREFIX):
+        name, split = parse_tfds_source(source)
         return _read_tfds(name, split, columns, data_dir)
-    records = data.read_records(
+    records = read_records(
         source, {"instruction": columns["text"], "output": columns["label"]}
     )
     return [LabelledText(record.instruction, record.output, record.source) for record in records]
-
-
-def _resolve_fields(fields: Mapping[str, str] | None) -> dict[str, str]:
-    """Complete a canonical -> column mapping with the canonical names."""
-    fields = dict(fields or {})
-    unknown = sorted(set(fields) - set(LABELLED_FIELDS))
-    if unknown:
-        raise ConfigError(
-            f"data_fields: unknown field(s) {unknown} for labelled texts; "
-            f"expected keys among {list(LABELLED_FIELDS)}, e.g. {{'text': 'sentence'}}."
-        )
-    for canonical, column in fields.items():
-        if not isinstance(column, str) or not column:
-            raise ConfigError(
-                f"data_fields[{canonical!r}] must be a non-empty column name; got {column!r}."
-            )
-    return {name: fields.get(name, name) for name in LABELLED_FIELDS}
 
 
 def _read_tfds(
     name: str, split: str, columns: Mapping[str, str], data_dir: str | os.PathLike | None
 ) -> list[LabelledText]:
     """Labelled texts from one TFDS split; class ids become class names."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # heavy (TensorFlow); only loaded for TFDS sources
 
     origin = f"tfds:{name}[{split}]"
     try:
         dataset, info = tfds.load(name, split=split, data_dir=data_dir,
                                   shuffle_files=False, with_info=True)
     except (ValueError, KeyError, OSError) as error:  # includes DatasetNotFoundError
-        raise DataError(f"{origin}: {data._summarize_tfds_error(error)}") from None
+        raise DataError(f"{origin}: {summarize_tfds_error(error)}") from None
     missing = [column for column in columns.values() if column not in info.features]
     if missing:
         raise DataError(
@@ -149,11 +149,7 @@ def _read_tfds(
 
 def _text_value(value: Any, where: str, feature: str) -> str:
     """A TFDS text feature as a non-empty `str`."""
-    if isinstance(value, bytes):
-        try:
-            value = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{where}: feature {feature!r} is not valid UTF-8 text.") from None
+    value = decode_feature(value, where, feature)
     if not isinstance(value, str):
         raise DataError(f"{where}: feature {feature!r} is {type(value).__name__}; expected text.")
     if not value.strip():
@@ -176,7 +172,7 @@ def _label_value(value: Any, class_names: Sequence[str] | None, where: str, feat
     return class_names[index]
 
 
-def labels_of(records: Iterable[data.Record]) -> list[str]:
+def labels_of(records: Iterable[Record]) -> list[str]:
     """The distinct labels (outputs) of classification records, sorted.
 
     Example:
@@ -187,7 +183,7 @@ def labels_of(records: Iterable[data.Record]) -> list[str]:
     return sorted({record.output for record in records})
 
 
-def check_labels(splits: data.Splits) -> list[str]:
+def check_labels(splits: Splits) -> list[str]:
     """Check that the splits' label sets can work, before anything trains.
 
     Args:
@@ -205,7 +201,7 @@ def check_labels(splits: data.Splits) -> list[str]:
     Example:
     >>> records = to_records([LabelledText("Great.", "positive", "t.csv:2"),
     ...                       LabelledText("Awful.", "negative", "t.csv:3")], "Sentiment?")
-    >>> check_labels(data.Splits(train=records, validation=[], test=records[:1]))
+    >>> check_labels(Splits(train=records, validation=[], test=records[:1]))
     ['negative', 'positive']
     """
     labels = labels_of(splits.train)
@@ -239,7 +235,7 @@ def default_instruction(labels: Sequence[str]) -> str:
     return f"Classify the text. Answer with one word: {', '.join(labels[:-1])} or {labels[-1]}."
 
 
-def to_records(items: Iterable[LabelledText], instruction: str) -> list[data.Record]:
+def to_records(items: Iterable[LabelledText], instruction: str) -> list[Record]:
     """Labelled texts as instruction records: the label is the response.
 
     Args:
@@ -253,52 +249,55 @@ def to_records(items: Iterable[LabelledText], instruction: str) -> list[data.Rec
     >>> to_records([LabelledText("Loved it.", "positive", "r.csv:2")], "Sentiment?")[0].output
     'positive'
     """
-    return [data.Record(instruction, item.text, item.label, item.source) for item in items]
+    return [Record(instruction, item.text, item.label, item.source) for item in items]
 
 
-def load_splits(config: RunConfig) -> tuple[data.Splits, list[str]]:
+def load_labelled_splits(config: RunConfig) -> Splits:
     """Read a classification run's data, split it and check its labels.
 
     The labelled texts of `config.data_path` (and `config.test_data_path`,
     if set) become records whose instruction is `config.instruction`, or
     one listing the labels found in `data_path`, and are split as in
-    `data.make_splits`.
+    `make_splits`. The labels are checked before this returns; their list
+    is `check_labels(splits)`.
 
     Args:
         config: the run's parameters.
 
     Returns:
-        `(splits, labels)`: the records and the label set.
+        The `Splits` of classification records (`output` = label).
 
     Raises:
+        ConfigError: `data_fields` names an unknown field.
         DataError: a file or text is malformed, or the labels cannot work
             (see `check_labels`).
 
     Example:
     >>> config = RunConfig(data_path="data/sentiment_train.jsonl",
     ...                    test_data_path="data/sentiment_test.jsonl")
-    >>> splits, labels = load_splits(config)
-    >>> labels, len(splits.test)
+    >>> splits = load_labelled_splits(config)
+    >>> check_labels(splits), len(splits.test)
     (['negative', 'positive'], 300)
     """
     items = read_labelled(config.data_path, config.data_fields)
     test_items = (read_labelled(config.test_data_path, config.data_fields)
                   if config.test_data_path else None)
     instruction = config.instruction or default_instruction(sorted({i.label for i in items}))
-    splits = data.make_splits(
+    splits = make_splits(
         to_records(items, instruction),
         None if test_items is None else to_records(test_items, instruction),
         config.validation_fraction, config.test_fraction, config.seed,
     )
-    return splits, check_labels(splits)
+    check_labels(splits)
+    return splits
 
 
 def shorten_texts(
-    records: Sequence[data.Record],
+    records: Sequence[Record],
     tokenizer: Any,
     sequence_length: int,
     template: str = "alpaca",
-) -> tuple[list[data.Record], int]:
+) -> tuple[list[Record], int]:
     """Cut long texts so that prompt and label always fit in `sequence_length`.
 
     A causal LM's preprocessor truncates the end of an example, which for a
@@ -320,14 +319,15 @@ def shorten_texts(
         ConfigError: the instruction and template alone leave no room for
             any text.
 
-    Example:
-    >>> records, cut = shorten_texts(records, model.preprocessor.tokenizer, 128)  # doctest: +SKIP
+    Example (`causal_lm` a KerasHub causal LM)::
+
+        records, cut = shorten_texts(records, causal_lm.preprocessor.tokenizer, 128)
     """
     records = list(records)
-    budget = sequence_length - 2 - max(data._token_counts(tokenizer, [r.output for r in records]))
+    budget = sequence_length - 2 - max(token_counts(tokenizer, [r.output for r in records]))
     shortened: set[int] = set()
     while True:  # token counts are not additive at a cut, so re-measure until all fit
-        lengths = data._token_counts(tokenizer, [data.format_prompt(r, template) for r in records])
+        lengths = token_counts(tokenizer, [format_prompt(r, template) for r in records])
         over = [i for i, length in enumerate(lengths) if length > budget]
         if not over:
             return records, len(shortened)
@@ -346,11 +346,13 @@ def shorten_texts(
 
 
 def _token_ids(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of one text, as Python ints."""
     ids = tokenizer(text)
     return [int(i) for i in (ids.numpy() if hasattr(ids, "numpy") else ids)]
 
 
 def _detokenize(tokenizer: Any, ids: list[int]) -> str:
+    """The text of one sequence of token ids."""
     text = tokenizer.detokenize([ids])[0]
     text = text.numpy() if hasattr(text, "numpy") else text
     return text.decode("utf-8") if isinstance(text, bytes) else str(text)
