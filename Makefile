@@ -40,6 +40,7 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 # Executes each notebook with papermill into runs/<timestamp>/<notebook>/,
@@ -57,7 +58,7 @@ run-notebooks: $(STAMP)
 # (same PARAMS for every run), then notebooks/03_compare_runs.ipynb on them into
 # runs/<timestamp>-sweep/compare/. Ranks and PARAMS are checked before anything runs.
 sweep: $(STAMP)
-	$(PYTHON) -m gemma_lora.sweep --ranks "$(RANKS)" --notebook $(SWEEP_NOTEBOOK) \
+	$(PYTHON) -m gemma_lora.runs.sweep --ranks "$(RANKS)" --notebook $(SWEEP_NOTEBOOK) \
 	  --output $(RUN_ROOT)-sweep $(PARAMS)
 
 # Training throughput, stock KerasHub fit vs ours (see docs/performance.md),

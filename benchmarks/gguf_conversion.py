@@ -62,7 +62,7 @@ def _measure_step(action: str, dtype: str, cache_dir: str) -> dict:
     import keras_hub
     import psutil
 
-    from gemma_lora import gguf
+    from gemma_lora.models import gguf
 
     baseline_rss = psutil.Process().memory_info().rss
     start = time.perf_counter()

@@ -57,7 +57,7 @@ def run_variant(variant: str, steps: int, test_examples: int, learning_rate: flo
     """Train and score one variant in this process; returns its row."""
     import numpy as np
 
-    from gemma_lora import data, evaluate, lora, models, train
+    from gemma_lora import data, tasks, lora, models, training
     from gemma_lora.config import RunConfig
 
     base, targets, rank = parse_variant(variant)
@@ -69,15 +69,14 @@ def run_variant(variant: str, steps: int, test_examples: int, learning_rate: flo
         model = models.load_causal_lm(config.preset, dtype=config.dtype)
         if base in ("int8", "int4"):
             models.quantize_base(model, base)
-        summary = lora.enable_lora(model, rank=rank, alpha=config.alpha,
-                                   target_layers=config.target_layers)
+        summary = lora.enable_lora(model, lora.LoraConfig.from_run(config))
         splits = data.load_splits(config)
         examples = {name: data.to_prompt_response(getattr(splits, name), config.template)
                     for name in ("train", "validation", "test")}
         test = {key: values[:test_examples] for key, values in examples["test"].items()}
-        result = train.train(model, config, examples["train"], examples["validation"],
+        result = training.train(model, config, examples["train"], examples["validation"],
                              log=lambda line: print(f"  [{variant}] {line}", file=sys.stderr))
-        scores = evaluate.evaluate_model(model, test, config.max_new_tokens,
+        scores = tasks.evaluate(model, test, config.max_new_tokens,
                                          config.eval_batch_size, config.sequence_length)
     weights = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
     return {

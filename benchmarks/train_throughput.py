@@ -109,7 +109,7 @@ def sample_lengths(spec: str, count: int, max_length: int, seed: int):
 def make_split(pairs, vocabulary_size: int, max_length: int, seed: int):
     """A TokenizedSplit of random token ids with the given prompt/response lengths."""
     import numpy as np
-    from gemma_lora.batching import TokenizedSplit
+    from gemma_lora.training.batching import TokenizedSplit
 
     rng = np.random.default_rng(seed)
     count = len(pairs)
@@ -180,7 +180,8 @@ def build_model(args):
 def run_variant(args) -> dict:
     import jax
     import numpy as np
-    from gemma_lora import batching, lora, train
+    from gemma_lora import lora, training
+    from gemma_lora.training import batching
     from gemma_lora.config import RunConfig
 
     pairs = sample_lengths(args.lengths, args.batch * (args.steps + args.warmup), args.max_length, args.seed)
@@ -196,7 +197,7 @@ def run_variant(args) -> dict:
         import keras
 
         model.backbone.enable_lora(args.rank, target_layer_names=list(targets))
-        model.compile(optimizer=train.make_optimizer(config, 10_000),
+        model.compile(optimizer=training.make_optimizer(config, 10_000),
                       loss=keras.losses.SparseCategoricalCrossentropy(
                           from_logits=True, reduction="mean_with_sample_weight"),
                       weighted_metrics=[])
@@ -215,10 +216,10 @@ def run_variant(args) -> dict:
         model.fit(x, split.labels, sample_weight=split.loss_weights, batch_size=args.batch,
                   epochs=1, shuffle=False, verbose=0, callbacks=[Clock()])
     else:
-        from gemma_lora.steps import CompiledSteps
+        from gemma_lora.training import CompiledSteps
 
-        lora.enable_lora(model, args.rank, target_layers=targets)
-        steps = CompiledSteps(model, train.make_optimizer(config, 10_000),
+        lora.enable_lora(model, lora.LoraConfig(rank=args.rank, target_layers=targets))
+        steps = CompiledSteps(model, training.make_optimizer(config, 10_000),
                               loss_chunk_size=args.loss_chunk)
         buckets = batching.bucket_lengths(args.max_length)
         buffer = batching.loss_buffer_size(split)

@@ -13,12 +13,20 @@ import os
 import re
 from typing import Any
 
-from gemma_lora.data import TEMPLATES
 from gemma_lora.errors import ConfigError
+from gemma_lora.io_utils import write_json_atomic
+from gemma_lora.validation import check_bool
+from gemma_lora.validation import check_choice
+from gemma_lora.validation import check_fraction
+from gemma_lora.validation import check_int
+from gemma_lora.validation import check_positive
+from gemma_lora.validation import check_rank_pattern
 
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
 QUANTIZATION_MODES = ("int8", "int4")
+# Prompt templates by name; `gemma_lora.data` holds their text.
+TEMPLATES = ("alpaca", "gemma_chat")
 # Loss positions whose logits are built at once (see `steps`); a batch with
 # more is projected in chunks of at most this many.
 DEFAULT_LOSS_CHUNK_SIZE = 512
@@ -98,7 +106,7 @@ class RunConfig:
             if it was made by a different configuration).
         data_parallel: devices on the data axis of the device mesh (each
             gets `batch_size / data_parallel` examples of every batch), or
-            `"auto"`; see `gemma_lora.distribution`.
+            `"auto"`; see `gemma_lora.parallel`.
         model_parallel: devices on the model axis (Gemma's kernels are split
             across them), or `"auto"`. Both `"auto"` put every device on the
             data axis; `data_parallel × model_parallel` must equal the
@@ -106,7 +114,7 @@ class RunConfig:
         coordinator_address: multi-host runs only: `"host:port"` of process
             0 (with `num_processes` and `process_id`), or `"auto"` to let
             JAX detect the cluster; `None` starts multi-host only when the
-            environment names a cluster (`distribution.cluster_environment`).
+            environment names a cluster (`parallel.cluster_environment`).
         num_processes: number of processes (hosts) of a multi-host run.
         process_id: this process's index, 0 to `num_processes - 1`.
         max_new_tokens: generation budget per test example.
@@ -173,44 +181,35 @@ class RunConfig:
         self.target_layers = _as_tuple("target_layers", self.target_layers)
         if self.data_categories is not None:
             self.data_categories = _as_tuple("data_categories", self.data_categories)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         for name in ("rank", "sequence_length", "batch_size", "eval_every",
                      "max_new_tokens", "eval_batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "patience", "num_samples", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
+            check_int(name, getattr(self, name), minimum=0)
         if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, minimum=1)
+            check_int("max_steps", self.max_steps, minimum=1)
         if self.checkpoint_every is not None:
-            _check_int("checkpoint_every", self.checkpoint_every, minimum=1)
-        _check_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
+            check_int("checkpoint_every", self.checkpoint_every, minimum=1)
+        check_int("keep_checkpoints", self.keep_checkpoints, minimum=1)
         if self.quantize is not None:
-            _check_choice("quantize", self.quantize, QUANTIZATION_MODES)
-        if not isinstance(self.use_rslora, bool):
-            raise ConfigError(f"use_rslora must be True or False; got {self.use_rslora!r}.")
-        if self.rank_pattern is not None and not isinstance(self.rank_pattern, dict):
-            raise ConfigError(
-                'rank_pattern must be a mapping like {"decoder_block_1[0-7]/.*": 16}; '
-                f"got {self.rank_pattern!r}."
-            )
-        if not isinstance(self.packing, bool):
-            raise ConfigError(f"packing must be True or False; got {self.packing!r}.")
+            check_choice("quantize", self.quantize, QUANTIZATION_MODES)
+        check_bool("use_rslora", self.use_rslora)
+        check_rank_pattern("rank_pattern", self.rank_pattern)
+        check_bool("packing", self.packing)
         if self.loss_chunk_size is not None:
-            _check_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
-        if not isinstance(self.resume, bool):
-            raise ConfigError(f"resume must be True or False; got {self.resume!r}.")
-        if (isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float))
-                or not 0 <= self.dropout < 1):
-            raise ConfigError(f"dropout must be a number in [0, 1); got {self.dropout!r}.")
-        _check_positive("learning_rate", self.learning_rate)
-        _check_positive("epochs", self.epochs)
+            check_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
+        check_bool("resume", self.resume)
+        check_fraction("dropout", self.dropout)
+        check_positive("learning_rate", self.learning_rate)
+        check_positive("epochs", self.epochs)
         if self.alpha is not None:
-            _check_positive("alpha", self.alpha)
+            check_positive("alpha", self.alpha)
         if self.gradient_clip_norm is not None:
-            _check_positive("gradient_clip_norm", self.gradient_clip_norm)
-        _check_fraction("validation_fraction", self.validation_fraction)
-        _check_fraction("test_fraction", self.test_fraction)
+            check_positive("gradient_clip_norm", self.gradient_clip_norm)
+        check_fraction("validation_fraction", self.validation_fraction)
+        check_fraction("test_fraction", self.test_fraction)
         if self.validation_fraction + self.test_fraction >= 1:
             raise ConfigError(
                 "validation_fraction + test_fraction must be below 1 so that "
@@ -229,7 +228,7 @@ class RunConfig:
             )
         if not self.target_layers:
             raise ConfigError("target_layers must name at least one layer.")
-        _check_choice("template", self.template, tuple(TEMPLATES))
+        check_choice("template", self.template, TEMPLATES)
         for name in ("reference_preset", "test_data_path", "instruction"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -304,12 +303,11 @@ class RunConfig:
         return cls(**{name: namespace[name] for name in names if name in namespace})
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON, atomically (process 0 only, on several hosts)."""
-        from gemma_lora import distribution
-        from gemma_lora.io_utils import write_json_atomic
+        """Write the config as JSON, atomically.
 
-        if distribution.is_writer():
-            write_json_atomic(path, self.to_dict())
+        On several hosts, call it on process 0 only (`runs.write_config` does).
+        """
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "RunConfig":
@@ -343,7 +341,7 @@ def _as_tuple(name: str, value: Any) -> tuple[str, ...]:
 
 def _check_devices(config: RunConfig) -> None:
     """Check the mesh and multi-host fields (their fit to the devices is checked
-    by `distribution.apply`, which sees the devices)."""
+    by `parallel.apply`, which sees the devices)."""
     for name in ("data_parallel", "model_parallel"):
         value = getattr(config, name)
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -363,8 +361,8 @@ def _check_devices(config: RunConfig) -> None:
             f"num_processes={config.num_processes!r}, process_id={config.process_id!r}."
         )
     if config.num_processes is not None:
-        _check_int("num_processes", config.num_processes, minimum=1)
-        _check_int("process_id", config.process_id, minimum=0)
+        check_int("num_processes", config.num_processes, minimum=1)
+        check_int("process_id", config.process_id, minimum=0)
         if config.process_id >= config.num_processes:
             raise ConfigError(
                 f"process_id must be below num_processes={config.num_processes}; "
@@ -382,25 +380,3 @@ def _check_devices(config: RunConfig) -> None:
                 f"coordinator_address={address!r} needs num_processes and process_id too "
                 '(or use coordinator_address="auto" on a cluster JAX detects).'
             )
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} must be one of {list(choices)}; got {value!r}.")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(
-            f"{name} must be an integer >= {minimum}; got {value!r}."
-        )
-
-
-def _check_positive(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{name} must be a number > 0; got {value!r}.")
-
-
-def _check_fraction(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-        raise ConfigError(f"{name} must be a number in [0, 1); got {value!r}.")

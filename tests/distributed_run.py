@@ -6,7 +6,7 @@ subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=N`.
 Usage:
     python tests/distributed_run.py meshes PRESET WORK_DIR OUT_JSON
         (8 devices) a single-device reference run, then the meshes 8×1, 2×4
-        and 1×8, each loading PRESET under `distribution.apply` and training
+        and 1×8, each loading PRESET under `parallel.apply` and training
         a few steps into WORK_DIR/<mesh>/.
     python tests/distributed_run.py host PRESET RUN_DIR OUT_JSON PORT PROCESS_ID
         (4 devices per process) one of two processes of a 2×4 multi-host
@@ -30,10 +30,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
-from gemma_lora import distribution  # noqa: E402
+from gemma_lora import parallel  # noqa: E402
 from gemma_lora import lora  # noqa: E402
 from gemma_lora import models  # noqa: E402
-from gemma_lora import train  # noqa: E402
+from gemma_lora import training  # noqa: E402
 from gemma_lora.config import RunConfig  # noqa: E402
 from tests.conftest import _color_examples  # noqa: E402
 
@@ -72,23 +72,23 @@ def tiny_run(preset: str, run_dir: str, mesh: tuple | None, **multi_host) -> dic
                        data_parallel=mesh[0] if mesh else "auto",
                        model_parallel=mesh[1] if mesh else "auto", **multi_host)
     if mesh:
-        distribution.apply(config)
+        parallel.apply(config)
     else:
         keras.distribution.set_distribution(None)
     model = models.load_causal_lm(config.preset)
     keras.utils.set_random_seed(0)  # the same LoRA initialisation in every run
-    lora.enable_lora(model, config.rank, config.alpha, config.target_layers)
+    lora.enable_lora(model, lora.LoraConfig.from_run(config))
     optimizers = []
-    make_optimizer = train.make_optimizer
-    train.make_optimizer = lambda *args: optimizers.append(make_optimizer(*args)) or optimizers[0]
+    make_optimizer = training.make_optimizer
+    training.make_optimizer = lambda *args: optimizers.append(make_optimizer(*args)) or optimizers[0]
     try:
-        result = train.train(model, config, examples["train"], examples["validation"])
+        result = training.train(model, config, examples["train"], examples["validation"])
     finally:
-        train.make_optimizer = make_optimizer
+        training.make_optimizer = make_optimizer
     slots = {v.path.split("/")[-1]: spec(v.value) for v in optimizers[0].variables
              if v.path.split("/")[-1] in WATCHED_SLOTS}
     weights = {v.path: v for v in model.backbone.weights}
-    batch = distribution.shard_batch({"token_ids": np.zeros((8, 16), "int32")})["token_ids"]
+    batch = parallel.shard_batch({"token_ids": np.zeros((8, 16), "int32")})["token_ids"]
     folder = Path(run_dir)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     adapter_error = None
@@ -104,7 +104,7 @@ def tiny_run(preset: str, run_dir: str, mesh: tuple | None, **multi_host) -> dic
         "batch_shard_shape": list(jax.numpy.asarray(batch).addressable_shards[0].data.shape),
         "files": files,
         "adapter_error": adapter_error,
-        "is_writer": distribution.is_writer(),
+        "is_writer": parallel.is_writer(),
         "process_count": jax.process_count(),
     }
 

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from gemma_lora import batching
+from gemma_lora.training import batching
 from gemma_lora import lora
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.training import CompiledSteps
 
 
 def test_bucket_lengths():
@@ -56,7 +56,7 @@ def _stock_loss(model, trainable, non_trainable, x, y, weights):
 
 
 def test_loss_and_gradients_equal_the_stock_full_logits_path(tiny_causal_lm, color_examples):
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
     rng = np.random.default_rng(0)
     for variable in tiny_causal_lm.trainable_weights:  # non-zero B, so LoRA matters
         variable.assign(rng.normal(size=variable.shape).astype("float32") * 0.1)
@@ -67,7 +67,7 @@ def test_loss_and_gradients_equal_the_stock_full_logits_path(tiny_causal_lm, col
     assert batch["token_ids"].shape[1] < 48  # really cut to a shorter bucket
 
     steps = CompiledSteps(tiny_causal_lm)
-    ours, our_grads = jax.value_and_grad(steps._loss_fn)(steps.trainable, steps.non_trainable, batch)
+    ours, our_grads = jax.value_and_grad(steps.loss_fn)(steps.trainable, steps.non_trainable, batch)
 
     model_trainable = [v.value for v in tiny_causal_lm.trainable_variables]
     model_non_trainable = [v.value for v in tiny_causal_lm.non_trainable_variables]

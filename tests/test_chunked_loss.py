@@ -6,12 +6,12 @@ import keras_hub
 import numpy as np
 import pytest
 
-from gemma_lora import batching
+from gemma_lora.training import batching
 from gemma_lora import lora
-from gemma_lora import train
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.training import CompiledSteps
 
 
 def _randomize_lora(model):
@@ -23,7 +23,7 @@ def _randomize_lora(model):
 @pytest.mark.parametrize("packing", [False, True])
 def test_chunked_loss_and_gradients_equal_the_whole_projection(tiny_causal_lm, color_examples,
                                                                packing):
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
     _randomize_lora(tiny_causal_lm)
     split = batching.tokenize(tiny_causal_lm.preprocessor, color_examples["train"], 48)
     buffer = batching.loss_buffer_size(split)
@@ -37,10 +37,10 @@ def test_chunked_loss_and_gradients_equal_the_whole_projection(tiny_causal_lm, c
     whole = CompiledSteps(tiny_causal_lm, loss_chunk_size=None)
     chunked = CompiledSteps(tiny_causal_lm, loss_chunk_size=chunk)
     args = (whole.trainable, whole.non_trainable, batch)
-    assert "scan" in str(jax.make_jaxpr(chunked._loss_fn)(*args))
-    assert "scan" not in str(jax.make_jaxpr(whole._loss_fn)(*args))
-    loss, grads = jax.value_and_grad(whole._loss_fn)(*args)
-    chunked_loss, chunked_grads = jax.value_and_grad(chunked._loss_fn)(*args)
+    assert "scan" in str(jax.make_jaxpr(chunked.loss_fn)(*args))
+    assert "scan" not in str(jax.make_jaxpr(whole.loss_fn)(*args))
+    loss, grads = jax.value_and_grad(whole.loss_fn)(*args)
+    chunked_loss, chunked_grads = jax.value_and_grad(chunked.loss_fn)(*args)
     np.testing.assert_allclose(float(chunked_loss), float(loss), rtol=1e-6)
     for expected, actual in zip(grads, chunked_grads, strict=True):
         np.testing.assert_allclose(np.asarray(actual), np.asarray(expected), rtol=1e-5, atol=1e-7)
@@ -56,7 +56,7 @@ def test_chunks_bound_the_logits_memory_of_the_training_step():
         vocabulary_size=65536, image_size=None, num_layers=1, num_query_heads=1,
         num_key_value_heads=1, hidden_dim=16, intermediate_dim=32, head_dim=16)
     model = keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=None)
-    lora.enable_lora(model, rank=2)
+    lora.enable_lora(model, lora.LoraConfig(rank=2))
     rng = np.random.default_rng(0)
     batch = {"token_ids": rng.integers(0, 65536, (4, 128)).astype("int32"),
              "padding_mask": np.ones((4, 128), bool),
@@ -66,7 +66,7 @@ def test_chunks_bound_the_logits_memory_of_the_training_step():
 
     def temp_bytes(chunk):
         steps = CompiledSteps(model, loss_chunk_size=chunk)
-        step = jax.jit(jax.value_and_grad(steps._loss_fn))
+        step = jax.jit(jax.value_and_grad(steps.loss_fn))
         compiled = step.lower(steps.trainable, steps.non_trainable, batch).compile()
         return compiled.memory_analysis().temp_size_in_bytes
 
@@ -86,13 +86,13 @@ def test_loss_chunk_size_is_validated():
 
 def test_bfloat16_model_trains_float32_lora_weights_and_optimizer_state(tiny_tokenizer_proto,
                                                                         color_examples):
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     model = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, dtype="bfloat16")
-    lora.enable_lora(model, rank=4, alpha=8)
+    lora.enable_lora(model, lora.LoraConfig(rank=4, alpha=8))
     query = model.backbone.get_layer("decoder_block_0").attention.query_dense
     assert query._kernel.dtype == "bfloat16" and query.compute_dtype == "bfloat16"
-    steps = CompiledSteps(model, train.make_optimizer(RunConfig(learning_rate=1e-2), 10))
+    steps = CompiledSteps(model, training.make_optimizer(RunConfig(learning_rate=1e-2), 10))
     assert {v.name for v in steps.trainable_variables} == {"lora_kernel_a", "lora_kernel_b"}
     split = batching.tokenize(model.preprocessor, color_examples["train"], 48)
     batch = batching.make_batch(split, np.arange(8), (48,), batching.loss_buffer_size(split))

@@ -3,15 +3,14 @@
 import numpy as np
 import pytest
 
-from gemma_lora import classify
+from gemma_lora.tasks import classification as classify
 from gemma_lora import data
-from gemma_lora import labelled
 from gemma_lora import lora
-from gemma_lora import text_classifier
+from gemma_lora.tasks import text_classifier
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import DataError
 from gemma_lora.errors import ModelError
-from gemma_lora.labelled import LabelledText
+from gemma_lora.data import LabelledText
 
 from tests import tiny_presets
 
@@ -22,7 +21,7 @@ def color_records(examples, count=None):
     for i, (prompt, color) in enumerate(zip(examples["prompts"], examples["responses"])):
         message = prompt.split("### Input:\n")[1].split("\n")[0]
         items.append(LabelledText(message, color, f"colors:{i + 1}"))
-    return labelled.to_records(items[:count], "Which color is wanted?")
+    return data.to_records(items[:count], "Which color is wanted?")
 
 
 # === Metrics ===
@@ -98,8 +97,8 @@ def test_training_on_the_label_raises_accuracy(tiny_causal_lm, color_examples, t
     splits = data.Splits(color_records(color_examples["train"]),
                          color_records(color_examples["validation"]),
                          color_records(color_examples["test"]))
-    labels = labelled.check_labels(splits)
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    labels = data.check_labels(splits)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
     # Gemma's chat template keeps the tiny tokenizer's prompts short.
     config = RunConfig(run_dir=str(tmp_path), max_steps=40, eval_every=20, batch_size=8,
                        learning_rate=3e-2, warmup_steps=2, sequence_length=48,
@@ -116,7 +115,7 @@ def test_an_untuned_reference_loads_from_a_saved_preset(tmp_path, color_examples
     assert not text_classifier.is_text_classifier_preset(str(folder))
     model = classify.load_model(str(folder), ["blue", "red"], sequence_length=64)
     assert model.preprocessor.sequence_length == 64
-    records = labelled.to_records([LabelledText("One red mug.", "red", "x:1")], "Which color?")
+    records = data.to_records([LabelledText("One red mug.", "red", "x:1")], "Which color?")
     assert classify.evaluate_classifier(model, records, ["blue", "red"]).num_examples == 1
 
 
@@ -136,7 +135,7 @@ def test_text_classifier_presets_are_recognised(tmp_path):
 
 def test_lora_goes_on_the_encoder_attention_and_the_head_stays_trainable():
     classifier = tiny_presets.tiny_distilbert_classifier()
-    summary = lora.enable_lora(classifier, rank=4, target_layers=("query", "value"))
+    summary = lora.enable_lora(classifier, lora.LoraConfig(rank=4, target_layers=("query", "value")))
     assert sorted({path.split("/")[-1] for path in summary.lora_layers}) == ["query", "value"]
     head = text_classifier.head_weights(classifier)
     assert head and all(not path.startswith("distil_bert_backbone") for path in head)
@@ -152,15 +151,15 @@ def polar_word_splits():
     texts = [(f"{subject} was {word}", label)
              for label in words for word in words[label] for subject in subjects]
     items = [LabelledText(text, label, f"toy:{i}") for i, (text, label) in enumerate(texts, 1)]
-    records = labelled.to_records(items, "unused by a text classifier")
+    records = data.to_records(items, "unused by a text classifier")
     return data.make_splits(records, validation_fraction=0.15, test_fraction=0.25, seed=0)
 
 
 def test_text_classifier_trains_saves_and_reloads_its_adapter(tmp_path):
     splits = polar_word_splits()
-    labels = labelled.check_labels(splits)
+    labels = data.check_labels(splits)
     classifier = tiny_presets.tiny_distilbert_classifier()
-    lora.enable_lora(classifier, rank=4)
+    lora.enable_lora(classifier, lora.LoraConfig(rank=4))
     config = RunConfig(run_dir=str(tmp_path), max_steps=30, eval_every=15, batch_size=8,
                        learning_rate=5e-2, warmup_steps=2, eval_batch_size=32)
     before = classify.evaluate_classifier(classifier, splits.test, labels)

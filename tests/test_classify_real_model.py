@@ -3,8 +3,8 @@ and a few LoRA steps on the labels make it better (short: 48 test reviews, 12 st
 
 import pytest
 
-from gemma_lora import classify
-from gemma_lora import labelled
+from gemma_lora.tasks import classification as classify
+from gemma_lora import data
 from gemma_lora import lora
 from gemma_lora.config import RunConfig
 
@@ -18,10 +18,11 @@ def test_scoring_labels_then_a_few_lora_steps(gemma3_270m_preset, tmp_path):
                        template="gemma_chat", sequence_length=96, max_steps=12, eval_every=6,
                        warmup_steps=2, learning_rate=5e-4, rank=8, alpha=16,
                        run_dir=str(tmp_path / "run"))
-    splits, labels = labelled.load_splits(config)
+    splits = data.load_labelled_splits(config)
+    labels = data.check_labels(splits)
     test = splits.test[:48]
     model = classify.load_model(config.preset, labels, config.dtype, config.sequence_length)
-    lora.enable_lora(model, config.rank, config.alpha, config.target_layers)
+    lora.enable_lora(model, lora.LoraConfig.from_run(config))
     before = classify.evaluate_classifier(model, test, labels, config.template)
     assert before.accuracy > 0.6, before.accuracy  # 0.79 on all 300 test reviews
     result = classify.train_classifier(model, config, splits, labels, log=lambda _: None)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gemma_lora import compare
+from gemma_lora.runs import compare
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError

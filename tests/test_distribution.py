@@ -1,4 +1,4 @@
-"""Data- and model-parallel training (`gemma_lora.distribution`).
+"""Data- and model-parallel training (`gemma_lora.parallel`).
 
 The runs on several devices use 8 simulated CPU devices. JAX fixes its device
 count when it starts, and this pytest process already started it with one,
@@ -16,14 +16,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import keras
+import keras_hub
 import numpy as np
 import pytest
 
-from gemma_lora import checkpoint
-from gemma_lora import distribution
+from gemma_lora.training import checkpoint
+from gemma_lora import parallel
+from gemma_lora.parallel import mesh as mesh_module
+from gemma_lora.parallel import multihost
+from gemma_lora.parallel import runtime
 from gemma_lora import lora
-from gemma_lora import report
-from gemma_lora import train
+from gemma_lora.runs import report
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 
@@ -53,7 +57,7 @@ def simulated_devices(count: int) -> dict:
     ("auto", "auto", 1, (1, 1)),
 ])
 def test_mesh_shape_resolves_auto_sizes(data, model, devices, expected):
-    assert distribution.mesh_shape(data, model, devices) == expected
+    assert parallel.mesh_shape(data, model, devices) == expected
 
 
 @pytest.mark.parametrize("data, model, message", [
@@ -65,14 +69,14 @@ def test_mesh_shape_resolves_auto_sizes(data, model, devices, expected):
 ])
 def test_mesh_shape_that_does_not_fit_the_devices_names_the_parameter(data, model, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        distribution.mesh_shape(data, model, 8, "tpu")
+        parallel.mesh_shape(data, model, 8, "tpu")
 
 
 def test_batch_size_must_split_across_the_data_axis():
-    distribution.check_batch_size(8, 4)
+    parallel.check_batch_size(8, 4)
     with pytest.raises(ConfigError, match=r"batch_size=4 cannot be split across data_parallel=8 "
                                           r"devices.*Use a multiple of 8 \(e.g. 8\)"):
-        distribution.check_batch_size(4, 8)
+        parallel.check_batch_size(4, 8)
     with pytest.raises(ConfigError, match="batch_size=6 cannot be split across data_parallel=4"):
         RunConfig(batch_size=6, data_parallel=4)
 
@@ -111,21 +115,21 @@ def test_cluster_environment_detects_several_hosts_only(monkeypatch, variables, 
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    assert distribution.cluster_environment() == found
+    assert parallel.cluster_environment() == found
 
 
 def test_multi_host_starts_from_the_config_or_a_cluster_environment(monkeypatch):
     calls = []
     monkeypatch.setattr(keras.distribution, "initialize", lambda *args: calls.append(args))
-    monkeypatch.setattr(distribution.jax.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(distribution, "cluster_environment", lambda: None)
+    monkeypatch.setattr(multihost.jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(multihost, "cluster_environment", lambda: None)
     log = []
-    assert not distribution.initialize_multi_host(RunConfig(), log.append)
+    assert not parallel.initialize_multi_host(RunConfig(), log.append)
     config = RunConfig(coordinator_address="10.0.0.2:1234", num_processes=4, process_id=3)
-    assert distribution.initialize_multi_host(config, log.append)
-    assert distribution.initialize_multi_host(RunConfig(coordinator_address="auto"), log.append)
-    monkeypatch.setattr(distribution, "cluster_environment", lambda: "SLURM_NTASKS=4")
-    assert distribution.initialize_multi_host(RunConfig(), log.append)
+    assert parallel.initialize_multi_host(config, log.append)
+    assert parallel.initialize_multi_host(RunConfig(coordinator_address="auto"), log.append)
+    monkeypatch.setattr(multihost, "cluster_environment", lambda: "SLURM_NTASKS=4")
+    assert parallel.initialize_multi_host(RunConfig(), log.append)
     assert calls == [("10.0.0.2:1234", 4, 3), (None, None, None), (None, None, None)]
     assert "SLURM_NTASKS=4" in log[-1]
 
@@ -134,22 +138,22 @@ def _fake_devices(monkeypatch, count: int, hosts: int) -> None:
     """Make `apply` see `count` TPU devices on `hosts` hosts (it fails before using them)."""
     devices = [SimpleNamespace(process_index=i * hosts // count, id=i, platform="tpu")
                for i in range(count)]
-    monkeypatch.setattr(distribution, "initialize_multi_host", lambda config, log: False)
-    monkeypatch.setattr(distribution.jax, "devices", lambda: devices)
-    monkeypatch.setattr(distribution.jax, "process_count", lambda: hosts)
-    monkeypatch.setattr(distribution.jax, "local_device_count", lambda: count // hosts)
+    monkeypatch.setattr(mesh_module, "initialize_multi_host", lambda config, log: False)
+    monkeypatch.setattr(mesh_module.jax, "devices", lambda: devices)
+    monkeypatch.setattr(mesh_module.jax, "process_count", lambda: hosts)
+    monkeypatch.setattr(mesh_module.jax, "local_device_count", lambda: count // hosts)
 
 
 def test_auto_data_parallel_checks_the_batch_size_against_the_devices(monkeypatch):
     _fake_devices(monkeypatch, 8, hosts=1)
     with pytest.raises(ConfigError, match="batch_size=4 cannot be split across data_parallel=8"):
-        distribution.apply(RunConfig(batch_size=4))
+        parallel.apply(RunConfig(batch_size=4))
 
 
 def test_model_axis_must_stay_within_one_host(monkeypatch):
     _fake_devices(monkeypatch, 8, hosts=2)
     with pytest.raises(ConfigError, match="model_parallel=8 must divide the 4 devices of each host"):
-        distribution.apply(RunConfig(batch_size=8, model_parallel=8))
+        parallel.apply(RunConfig(batch_size=8, model_parallel=8))
 
 
 # === Layouts, without devices ===
@@ -159,16 +163,16 @@ class _Mesh(keras.distribution.DeviceMesh):
     """A mesh of device names only: enough to choose layouts, never to place arrays."""
 
     def __init__(self, data: int, model: int):
-        super().__init__((data, model), (distribution.DATA_AXIS, distribution.MODEL_AXIS),
+        super().__init__((data, model), (parallel.DATA_AXIS, parallel.MODEL_AXIS),
                          [f"cpu:{i}" for i in range(data * model)])
 
 
 def test_gemma3_layout_splits_heads_and_mlp_and_keeps_a_single_kv_head_whole():
     # Gemma 3 1B: vocabulary 262144, width 1152, 4 query heads, 1 key/value head of 256.
     mesh = _Mesh(2, 4)
-    parallel = distribution.GemmaModelParallel(
-        mesh, distribution.layout_rules(distribution.backbone_class("gemma3_1b"), mesh))
-    axes = parallel.variable_axes
+    strategy = parallel.GemmaModelParallel(
+        mesh, parallel.layout_rules(parallel.backbone_class("gemma3_1b"), mesh))
+    axes = strategy.variable_axes
     block = "decoder_block_7"
     assert axes("token_embedding/embeddings", (262144, 1152)) == ("model", None)
     assert axes(f"{block}/attention/query/kernel", (4, 1152, 256)) == ("model", None, None)
@@ -190,9 +194,9 @@ def test_gemma3_layout_follows_the_config_not_the_preset():
     # 8 devices on the model axis: 4 query heads no longer split; a vocabulary
     # that does not divide falls back to splitting the width.
     mesh = _Mesh(1, 8)
-    parallel = distribution.GemmaModelParallel(
-        mesh, distribution.layout_rules(distribution.backbone_class("gemma3_4b"), mesh))
-    axes = parallel.variable_axes
+    strategy = parallel.GemmaModelParallel(
+        mesh, parallel.layout_rules(parallel.backbone_class("gemma3_4b"), mesh))
+    axes = strategy.variable_axes
     assert axes("decoder_block_0/attention/query/kernel", (4, 1152, 256)) == (None,) * 3
     assert axes("decoder_block_0/attention/query/kernel", (8, 2560, 256)) == ("model", None, None)
     assert axes("decoder_block_0/attention/key/kernel", (4, 2560, 256)) == (None,) * 3
@@ -204,10 +208,10 @@ def test_gemma3_layout_follows_the_config_not_the_preset():
 def test_gemma2_uses_keras_hub_layout_map_with_the_single_kv_head_kept_whole():
     # Gemma 2B (Gemma 1 architecture): 8 query heads, 1 key/value head (#1613).
     mesh = _Mesh(2, 4)
-    backbone = distribution.backbone_class("gemma_2b_en")
-    assert backbone is distribution.keras_hub.models.GemmaBackbone
-    parallel = distribution.GemmaModelParallel(mesh, distribution.layout_rules(backbone, mesh))
-    axes = parallel.variable_axes
+    backbone = parallel.backbone_class("gemma_2b_en")
+    assert backbone is keras_hub.models.GemmaBackbone
+    strategy = parallel.GemmaModelParallel(mesh, parallel.layout_rules(backbone, mesh))
+    axes = strategy.variable_axes
     # KerasHub's map: heads on the model axis, the width on the data axis.
     assert axes("decoder_block_0/attention/query/kernel", (8, 2048, 256)) == ("model", "batch", None)
     assert axes("decoder_block_0/attention/key/kernel", (1, 2048, 256)) == (None, "batch", None)
@@ -219,7 +223,7 @@ def test_gemma2_uses_keras_hub_layout_map_with_the_single_kv_head_kept_whole():
 
 def test_architecture_without_a_layout_map_is_refused_for_model_parallel():
     with pytest.raises(ConfigError, match="there is none for LlamaBackbone.*use model_parallel=1"):
-        distribution.layout_rules(distribution.keras_hub.models.LlamaBackbone, _Mesh(2, 4))
+        parallel.layout_rules(keras_hub.models.LlamaBackbone, _Mesh(2, 4))
 
 
 # === One device: nothing changes, and only process 0 writes ===
@@ -227,24 +231,24 @@ def test_architecture_without_a_layout_map_is_refused_for_model_parallel():
 
 def test_one_device_sets_no_distribution():
     log = []
-    shape = distribution.apply(RunConfig(batch_size=3), log.append)
+    shape = parallel.apply(RunConfig(batch_size=3), log.append)
     assert log == ["1 cpu device: data_parallel=1 × model_parallel=1; batch_size 3 = 3 per device."]
     assert (shape.data_parallel, shape.model_parallel) == (1, 1)
     assert keras.distribution.distribution() is None
     batch = {"token_ids": np.zeros((3, 8), "int32")}
-    assert distribution.shard_batch(batch) is batch
-    assert distribution.batch_summary(3) == ""
+    assert parallel.shard_batch(batch) is batch
+    assert parallel.batch_summary(3) == ""
 
 
 def test_only_process_zero_writes_run_files(tmp_path, monkeypatch, tiny_causal_lm):
-    lora.enable_lora(tiny_causal_lm, rank=2)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=2))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     config = RunConfig(run_dir=str(run_dir))
 
     def write_everything():
-        config.save(run_dir / "config.json")
-        train.write_history([{"step": 1, "loss": 2.0, "learning_rate": 0.1, "val_loss": 1.5}],
+        report.write_config(config)
+        training.write_history([{"step": 1, "loss": 2.0, "learning_rate": 0.1, "val_loss": 1.5}],
                             run_dir / "history.csv")
         report.write_metrics(config, {"steps": 1})
         report.plot_history([{"step": 1, "loss": 2.0, "learning_rate": 0.1, "val_loss": 1.5}],
@@ -252,10 +256,10 @@ def test_only_process_zero_writes_run_files(tmp_path, monkeypatch, tiny_causal_l
         checkpoint.save(run_dir, 1, {"w": np.zeros(2)}, {"fingerprint": {}}, keep=1)
         lora.save_adapter(tiny_causal_lm, run_dir / "adapter", "tiny")
 
-    monkeypatch.setattr(distribution.jax, "process_index", lambda: 1)
+    monkeypatch.setattr(runtime.jax, "process_index", lambda: 1)
     write_everything()
     assert list(run_dir.iterdir()) == []
-    monkeypatch.setattr(distribution.jax, "process_index", lambda: 0)
+    monkeypatch.setattr(runtime.jax, "process_index", lambda: 0)
     write_everything()
     assert sorted(path.name for path in run_dir.iterdir()) == [
         "adapter", "checkpoints", "config.json", "history.csv", "loss_curves.png", "metrics.json"]
@@ -267,7 +271,7 @@ def test_only_process_zero_writes_run_files(tmp_path, monkeypatch, tiny_causal_l
 @pytest.fixture(scope="module")
 def tiny_preset(tmp_path_factory, tiny_tokenizer_proto):
     """A one-block tiny Gemma 3 with 8 query heads and one key/value head, as a preset."""
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     folder = tmp_path_factory.mktemp("distributed") / "preset"
     model = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, num_layers=1, hidden_dim=128)

@@ -20,7 +20,7 @@ import gguf as gguf_lib
 import numpy as np
 import pytest
 
-from gemma_lora import gguf
+from gemma_lora.models import gguf
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import ModelError
 
@@ -142,7 +142,7 @@ def tiny_preset(tmp_path_factory):
     """A preset converted from a tiny GGUF, and the weights written into that GGUF."""
     folder = tmp_path_factory.mktemp("tiny")
     weights = write_tiny_gguf(folder / "tiny.gguf")
-    gguf._convert_gguf_to_preset(folder / "tiny.gguf", folder / "preset", "float32")
+    gguf.convert_gguf_to_preset(folder / "tiny.gguf", folder / "preset", "float32")
     return folder / "preset", weights
 
 
@@ -223,7 +223,7 @@ def test_tiny_gguf_tokenizer_fix_ups(tiny_preset):
 def test_rejects_other_architecture(tmp_path):
     write_tiny_gguf(tmp_path / "llama.gguf", architecture="llama")
     with pytest.raises(ModelError, match=r"llama\.gguf.*architecture 'llama'.*only Gemma 3"):
-        gguf._convert_gguf_to_preset(tmp_path / "llama.gguf", tmp_path / "preset", "float32")
+        gguf.convert_gguf_to_preset(tmp_path / "llama.gguf", tmp_path / "preset", "float32")
     assert not (tmp_path / "preset").exists()
 
 
@@ -235,20 +235,20 @@ def test_rejects_truncated_gguf(tmp_path, keep):
     path.write_bytes(data[: int(len(data) * keep)])
     message = r"Cannot read the GGUF file .*tiny\.gguf.*truncated.*Reinstall"
     with pytest.raises(ModelError, match=message):
-        gguf._convert_gguf_to_preset(path, tmp_path / "preset", "float32")
+        gguf.convert_gguf_to_preset(path, tmp_path / "preset", "float32")
     assert not (tmp_path / "preset").exists()
 
 
 def test_rejects_missing_gguf(tmp_path):
     with pytest.raises(ModelError, match=r"Cannot read the GGUF file .*absent\.gguf.*missing"):
-        gguf._convert_gguf_to_preset(tmp_path / "absent.gguf", tmp_path / "preset", "float32")
+        gguf.convert_gguf_to_preset(tmp_path / "absent.gguf", tmp_path / "preset", "float32")
 
 
 def test_broken_gguf_leaves_no_preset(monkeypatch, tmp_path):
     truncated = tmp_path / "truncated.gguf"
     write_tiny_gguf(truncated)
     truncated.write_bytes(truncated.read_bytes()[:-100])
-    monkeypatch.setattr(gguf, "_assemble_gguf", lambda folder: truncated)
+    monkeypatch.setattr(gguf, "assemble_gguf", lambda folder: truncated)
     cache_dir = tmp_path / "cache"
     with pytest.raises(ModelError, match="truncated"):
         gguf.gemma3_270m_preset(cache_dir=cache_dir)
@@ -288,8 +288,8 @@ def test_full_disk_leaves_no_preset(monkeypatch, tmp_path):
         (output_dir / "config.json").write_text("{}")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gguf, "_assemble_gguf", lambda folder: folder / "model.gguf")
-    monkeypatch.setattr(gguf, "_convert_gguf_to_preset", fill_disk)
+    monkeypatch.setattr(gguf, "assemble_gguf", lambda folder: folder / "model.gguf")
+    monkeypatch.setattr(gguf, "convert_gguf_to_preset", fill_disk)
     message = r"No space left on device.*Free about 3 GB.*GEMMA_LORA_CACHE"
     with pytest.raises(ModelError, match=message):
         gguf.gemma3_270m_preset(cache_dir=tmp_path)
@@ -301,7 +301,7 @@ def test_rename_loser_uses_the_winners_preset(tmp_path):
     for folder in (winner, loser):
         folder.mkdir()
         (folder / "config.json").write_text(folder.name)
-    gguf._move_into_place(loser, winner)
+    gguf.move_into_place(loser, winner)
     assert (winner / "config.json").read_text() == "preset"
 
 
@@ -312,7 +312,7 @@ def test_rename_onto_a_foreign_folder_is_reported(tmp_path):
     (foreign / "notes.txt").write_text("")
     (built / "config.json").write_text("{}")
     with pytest.raises(ModelError, match=r"preset' exists but is not a complete preset\. Delete"):
-        gguf._move_into_place(built, foreign)
+        gguf.move_into_place(built, foreign)
 
 
 # === Real model ===
@@ -400,8 +400,8 @@ def test_second_call_reuses_the_cached_preset(gemma3_270m_preset, monkeypatch, c
     def fail(*args):
         raise AssertionError("converted again")
 
-    monkeypatch.setattr(gguf, "_assemble_gguf", fail)
-    monkeypatch.setattr(gguf, "_convert_gguf_to_preset", fail)
+    monkeypatch.setattr(gguf, "assemble_gguf", fail)
+    monkeypatch.setattr(gguf, "convert_gguf_to_preset", fail)
     with caplog.at_level(logging.INFO, logger="gemma_lora.gguf"):
         again = gguf.gemma3_270m_preset(dtype="float32", cache_dir=gemma3_270m_preset.parent)
     assert again == gemma3_270m_preset
@@ -433,7 +433,7 @@ def test_bfloat16_preset_from_the_float32_one(gemma3_270m_preset, real_causal_lm
 def test_killed_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
     script = textwrap.dedent(
         """
-        from gemma_lora import gguf
+        from gemma_lora.models import gguf
         gguf.gemma3_270m_preset(dtype="float32")
         """
     )
@@ -464,7 +464,7 @@ def test_killed_conversion_leaves_nothing_that_loads(tmp_path, monkeypatch):
     def stop(folder):
         raise Converting
 
-    monkeypatch.setattr(gguf, "_assemble_gguf", stop)
+    monkeypatch.setattr(gguf, "assemble_gguf", stop)
     with pytest.raises(Converting):
         gguf.gemma3_270m_preset(dtype="float32", cache_dir=cache_dir)
     assert list(cache_dir.iterdir()) == []

@@ -1,6 +1,6 @@
 import pytest
 
-from gemma_lora import inference
+from gemma_lora.tasks import inference
 from gemma_lora.errors import DataError
 
 

@@ -6,14 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from gemma_lora import hf_interop
+from gemma_lora.lora import peft as hf_interop
 from gemma_lora import lora
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
-from gemma_lora.lora_dropout import dropout_keys
+from gemma_lora.lora.dropout import dropout_keys
 from gemma_lora.models import quantize_base
-from gemma_lora.steps import CompiledSteps
-from gemma_lora.train import make_optimizer
+from gemma_lora.training import CompiledSteps
+from gemma_lora.training import make_optimizer
 
 RATE = 0.5
 
@@ -53,7 +53,7 @@ def _layer(model, path):
                                   "decoder_block_1/attention/attention_output",
                                   "decoder_block_0/ffw_linear"])
 def test_branch_dropout_matches_a_hand_computation(tiny_causal_lm, path):
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, target_layers="all-linear", dropout=RATE)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, target_layers="all-linear", dropout=RATE))
     _randomize_lora(tiny_causal_lm)
     layer = _layer(tiny_causal_lm, path)
     index = [l.path for l in lora.lora_layers(tiny_causal_lm)].index(path)
@@ -80,12 +80,12 @@ def test_branch_dropout_matches_a_hand_computation(tiny_causal_lm, path):
 
 def test_dropout_is_active_in_training_and_inactive_at_inference(tiny_causal_lm,
                                                                  tiny_tokenizer_proto):
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, dropout=RATE)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, dropout=RATE))
     _randomize_lora(tiny_causal_lm)
     plain = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)
-    lora.enable_lora(plain, rank=4, alpha=8)
+    lora.enable_lora(plain, lora.LoraConfig(rank=4, alpha=8))
     lora.assign_lora_weights(plain, lora.lora_weights(tiny_causal_lm))
 
     reference = _hidden(plain, training=False)
@@ -103,7 +103,7 @@ def test_dropout_is_active_in_training_and_inactive_at_inference(tiny_causal_lm,
 
 def test_dropout_works_on_an_int8_base(tiny_causal_lm):
     quantize_base(tiny_causal_lm, "int8")
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, dropout=RATE)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, dropout=RATE))
     _randomize_lora(tiny_causal_lm)
     inference = _hidden(tiny_causal_lm, training=False)
     np.testing.assert_allclose(_hidden(tiny_causal_lm, training=False, key=jax.random.key(3)),
@@ -119,15 +119,15 @@ def _first_losses(model, batch, seed, steps=2):
 
 def test_train_step_draws_masks_from_seed_and_step(tiny_causal_lm, tiny_tokenizer_proto,
                                                    color_examples):
-    from gemma_lora import batching
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.training import batching
+    from gemma_lora.testing import build_tiny_gemma3
 
     split = batching.tokenize(tiny_causal_lm.preprocessor, color_examples["validation"], 48)
     batch = batching.make_batch(split, np.arange(8), (48,), batching.loss_buffer_size(split))
 
     def model_with(dropout):
         model = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)
-        lora.enable_lora(model, rank=4, alpha=8, dropout=dropout)
+        lora.enable_lora(model, lora.LoraConfig(rank=4, alpha=8, dropout=dropout))
         _randomize_lora(model)
         return model
 
@@ -143,7 +143,7 @@ def test_train_step_draws_masks_from_seed_and_step(tiny_causal_lm, tiny_tokenize
 
 
 def test_adapter_and_peft_config_record_dropout(tiny_causal_lm, tmp_path):
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, dropout=0.1)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, dropout=0.1))
     adapter = lora.save_adapter(tiny_causal_lm, tmp_path / "adapter", base_preset="tiny")
     assert lora.read_adapter_config(adapter)["dropout"] == pytest.approx(0.1)
     peft_folder = hf_interop.export_peft_adapter(tiny_causal_lm, tmp_path / "peft", "some/base")
@@ -154,7 +154,7 @@ def test_adapter_and_peft_config_record_dropout(tiny_causal_lm, tmp_path):
 @pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, "0.1", True])
 def test_bad_dropout_is_refused(tiny_causal_lm, value):
     with pytest.raises(ConfigError, match=r"dropout must be a number in \[0, 1\)"):
-        lora.enable_lora(tiny_causal_lm, rank=4, dropout=value)
+        lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, dropout=value))
     with pytest.raises(ConfigError, match=r"dropout must be a number in \[0, 1\)"):
         RunConfig(dropout=value)
 
@@ -166,5 +166,5 @@ def test_dropout_on_a_layer_with_activation_is_refused_before_any_change():
                               keras.layers.Dense(2)])
     with pytest.raises(ConfigError, match=r"dropout > 0 needs target layers without an "
                                           r"activation.*dense.* has one"):
-        lora.enable_lora(model, rank=2, target_layers="all-linear", dropout=0.1)
+        lora.enable_lora(model, lora.LoraConfig(rank=2, target_layers="all-linear", dropout=0.1))
     assert not any(layer.lora_enabled for layer in model.layers)

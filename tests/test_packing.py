@@ -4,14 +4,15 @@ import jax
 import numpy as np
 import pytest
 
-from gemma_lora import batching
+from gemma_lora.training import batching
 from gemma_lora import lora
 from gemma_lora import models
-from gemma_lora import packed_forward
-from gemma_lora import train
+from gemma_lora import testing
+from gemma_lora.training import packed_forward
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.training import CompiledSteps
 from tests.conftest import COLORS, ITEMS
 
 ROW = 128
@@ -33,13 +34,13 @@ def _varied_examples(count: int, seed: int) -> dict:
 @pytest.fixture
 def six_block_model(tiny_tokenizer_proto):
     """Tiny Gemma 3 with six blocks: five sliding-window layers (window 16), one global."""
-    return models.build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=ROW, num_layers=6)
+    return testing.build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=ROW, num_layers=6)
 
 
 def _with_random_lora(model, quantize=None):
     if quantize:
         models.quantize_base(model, quantize)
-    lora.enable_lora(model, rank=4, alpha=8, target_layers="all-linear")
+    lora.enable_lora(model, lora.LoraConfig(rank=4, alpha=8, target_layers="all-linear"))
     rng = np.random.default_rng(0)
     for variable in model.trainable_weights:  # non-zero B, so LoRA matters
         variable.assign(rng.normal(size=variable.shape).astype("float32") * 0.1)
@@ -47,7 +48,7 @@ def _with_random_lora(model, quantize=None):
 
 
 def _log_probs(steps, batch):
-    return np.asarray(steps._token_log_probs(steps.trainable, steps.non_trainable, batch,
+    return np.asarray(steps.token_log_probs(steps.trainable, steps.non_trainable, batch,
                                              training=False))
 
 
@@ -113,7 +114,7 @@ def test_packed_batch_loss_and_gradients_equal_the_unpacked_batch(six_block_mode
     model = _with_random_lora(six_block_model)
     _, packed, unpacked = _batches(model)
     steps = CompiledSteps(model, loss_chunk_size=None)
-    grad = jax.value_and_grad(steps._loss_fn)
+    grad = jax.value_and_grad(steps.loss_fn)
     loss, grads = grad(steps.trainable, steps.non_trainable, unpacked)
     packed_loss, packed_grads = grad(steps.trainable, steps.non_trainable, packed)
     np.testing.assert_allclose(float(packed_loss), float(loss), rtol=1e-6)
@@ -130,12 +131,12 @@ def test_training_with_packing_takes_the_same_steps(tiny_tokenizer_proto, tmp_pa
     validation = {k: v[40:] for k, v in examples.items()}
     histories = []
     for packing in (False, True):
-        model = models.build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=ROW, seed=0)
-        lora.enable_lora(model, rank=4, alpha=8)
+        model = testing.build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=ROW, seed=0)
+        lora.enable_lora(model, lora.LoraConfig(rank=4, alpha=8))
         config = RunConfig(max_steps=6, eval_every=3, batch_size=8, sequence_length=ROW,
                            learning_rate=3e-2, warmup_steps=1, eval_batch_size=8, packing=packing,
                            run_dir=str(tmp_path / f"packing-{packing}"))
-        result = train.train(model, config, train_examples, validation, log=lambda line: None)
+        result = training.train(model, config, train_examples, validation, log=lambda line: None)
         histories.append(result.history)
     unpacked, packed = histories
     assert [row["step"] for row in packed] == list(range(7))
@@ -154,7 +155,7 @@ def test_packing_refuses_a_backbone_it_cannot_mask():
         vocabulary_size=64, num_layers=1, num_query_heads=1, num_key_value_heads=1,
         hidden_dim=16, intermediate_dim=32, head_dim=16)
     with pytest.raises(ConfigError, match="packing=True needs a text-only, causal Gemma 3"):
-        packed_forward.check_supported(backbone)
+        packed_forward.check_packing_supported(backbone)
 
 
 def test_packing_option_is_validated():

@@ -11,7 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from gemma_lora import hf_interop
+from gemma_lora.lora import peft as hf_interop
+from gemma_lora.lora import peft_layout
 from gemma_lora import lora
 from gemma_lora.errors import ModelError
 
@@ -77,20 +78,20 @@ def test_layouts_match_keras_hub_exporter(tiny_causal_lm, tmp_path):
         exported.update(load_file(str(file)))
     backbone = tiny_causal_lm.backbone
     for index in range(backbone.num_layers):
-        for name, layer in hf_interop._block_layers(backbone, index).items():
+        for name, layer in hf_interop.block_layers(backbone, index).items():
             group, peft_name, layout = hf_interop.KERAS_TO_PEFT[name]
             kernel = np.asarray(layer.kernel)
             hf_weight = exported[f"model.layers.{index}.{group}.{peft_name}.weight"]
-            np.testing.assert_array_equal(hf_interop.keras_to_hf_kernel(kernel, layout), hf_weight)
+            np.testing.assert_array_equal(peft_layout.keras_to_hf_kernel(kernel, layout), hf_weight)
             np.testing.assert_array_equal(
-                hf_interop.hf_to_keras_kernel(hf_weight, kernel.shape, layout), kernel)
+                peft_layout.hf_to_keras_kernel(hf_weight, kernel.shape, layout), kernel)
 
 
 def test_export_then_import_restores_the_same_adapter(tiny_causal_lm, tiny_tokenizer_proto,
                                                       tmp_path):
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, target_layers=ALL_TARGETS)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, target_layers=ALL_TARGETS))
     _randomize_lora(tiny_causal_lm)
     folder = hf_interop.export_peft_adapter(tiny_causal_lm, tmp_path / "peft", "tiny/gemma3")
 
@@ -120,15 +121,15 @@ def test_export_then_import_restores_the_same_adapter(tiny_causal_lm, tiny_token
 def test_trained_adapter_loads_in_peft_with_same_log_probs(
         hf_stack, tiny_causal_lm, color_examples, tmp_path):
     torch, transformers, peft = hf_stack
-    from gemma_lora import train
+    from gemma_lora import training
     from gemma_lora.config import RunConfig
 
     tiny_causal_lm.export_to_transformers(str(tmp_path / "hf"))  # the base, before LoRA
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, target_layers=ALL_TARGETS)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, target_layers=ALL_TARGETS))
     config = RunConfig(max_steps=4, eval_every=4, batch_size=8, sequence_length=48,
                        learning_rate=3e-2, warmup_steps=1, eval_batch_size=8,
                        target_layers=ALL_TARGETS, run_dir=str(tmp_path / "run"))
-    train.train(tiny_causal_lm, config, color_examples["train"], color_examples["validation"],
+    training.train(tiny_causal_lm, config, color_examples["train"], color_examples["validation"],
                 log=lambda line: None)
     folder = hf_interop.export_peft_adapter(tiny_causal_lm, tmp_path / "peft", str(tmp_path / "hf"))
 
@@ -181,14 +182,14 @@ def test_peft_adapter_imports_with_same_log_probs(
 
 
 def _exported_adapter(model, folder, rank=2):
-    lora.enable_lora(model, rank=rank, target_layers=("query", "value"))
+    lora.enable_lora(model, lora.LoraConfig(rank=rank, target_layers=("query", "value")))
     _randomize_lora(model)
     return hf_interop.export_peft_adapter(model, folder, "some/base")
 
 
 def test_adapter_for_a_wider_model_names_both_shapes(tiny_causal_lm, tiny_tokenizer_proto,
                                                      tmp_path):
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     wide = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, hidden_dim=64)
     folder = _exported_adapter(wide, tmp_path / "wide")
@@ -203,7 +204,7 @@ def test_adapter_for_a_wider_model_names_both_shapes(tiny_causal_lm, tiny_tokeni
 
 
 def test_adapter_for_a_deeper_model_is_refused(tiny_causal_lm, tiny_tokenizer_proto, tmp_path):
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     deeper = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, num_layers=3)
     folder = _exported_adapter(deeper, tmp_path / "deep")
@@ -247,7 +248,7 @@ def test_unsupported_peft_options_are_refused(tiny_causal_lm, tiny_tokenizer_pro
     config = json.loads(config_file.read_text())
     config.update(change)
     config_file.write_text(json.dumps(config))
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     with pytest.raises(ModelError, match=message):
         hf_interop.import_peft_adapter(
@@ -271,7 +272,7 @@ def test_missing_files_and_model_with_lora(tiny_causal_lm, tmp_path):
 def test_export_needs_lora_and_a_base_name(tiny_causal_lm, tmp_path):
     with pytest.raises(ModelError, match="no LoRA layers"):
         hf_interop.export_peft_adapter(tiny_causal_lm, tmp_path / "peft", "some/base")
-    lora.enable_lora(tiny_causal_lm, rank=2)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=2))
     with pytest.raises(ModelError, match="base_model_name_or_path"):
         hf_interop.export_peft_adapter(tiny_causal_lm, tmp_path / "peft", "")
 
@@ -283,7 +284,7 @@ def test_bfloat16_safetensors_are_read(tmp_path):
                                "data_offsets": [0, len(raw)]}}).encode()
     path = tmp_path / "bf16.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header + raw)
-    np.testing.assert_array_equal(hf_interop._read_safetensors(path)["w"], values)
+    np.testing.assert_array_equal(hf_interop.read_safetensors(path)["w"], values)
 
 
 @pytest.mark.parametrize("prefix", [
@@ -294,7 +295,7 @@ def test_bfloat16_safetensors_are_read(tmp_path):
 def test_peft_key_names_of_gemma3_text_models_are_understood(tmp_path, prefix):
     weights = {f"{prefix}.3.mlp.up_proj.lora_A.weight": np.ones((2, 8), np.float32),
                f"{prefix}.3.mlp.up_proj.lora_B.weight": np.ones((16, 2), np.float32)}
-    ((key, (module, lora_a, lora_b)),) = hf_interop._peft_modules(weights, tmp_path).items()
+    ((key, (module, lora_a, lora_b)),) = hf_interop.peft_modules(weights, tmp_path).items()
     assert key == (3, "up_proj")
     assert module == prefix.removeprefix("base_model.model.") + ".3.mlp.up_proj"
     assert (lora_a.shape, lora_b.shape) == ((2, 8), (16, 2))
@@ -308,10 +309,10 @@ def test_peft_key_names_of_gemma3_text_models_are_understood(tmp_path, prefix):
 ])
 def test_keras_factors_reproduce_the_peft_update(kernel_shape, layout, rank, expected_rank):
     rng = np.random.default_rng(3)
-    out_dim, in_dim = hf_interop._hf_shape(kernel_shape, layout)
+    out_dim, in_dim = hf_interop.hf_shape(kernel_shape, layout)
     lora_a, lora_b = rng.normal(size=(rank, in_dim)), rng.normal(size=(out_dim, rank))
-    a_flat, b = hf_interop.keras_lora_factors(lora_a, lora_b, kernel_shape, layout)
+    a_flat, b = peft_layout.keras_lora_factors(lora_a, lora_b, kernel_shape, layout)
     assert a_flat.shape[1] == b.shape[0] == expected_rank
     update = np.matmul(a_flat.reshape(kernel_shape[:-1] + (expected_rank,)), b)
     np.testing.assert_allclose(
-        update, hf_interop.hf_to_keras_kernel(lora_b @ lora_a, kernel_shape, layout), atol=1e-10)
+        update, peft_layout.hf_to_keras_kernel(lora_b @ lora_a, kernel_shape, layout), atol=1e-10)

@@ -7,7 +7,7 @@ import types
 import pytest
 
 from gemma_lora import lora
-from gemma_lora import preflight
+from gemma_lora.runs import preflight
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
@@ -119,7 +119,7 @@ def test_not_enough_free_space(config, monkeypatch):
 
 @pytest.fixture
 def lora_model(tiny_causal_lm):
-    lora.enable_lora(tiny_causal_lm, rank=4, target_layers=("query", "value"))
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, target_layers=("query", "value")))
     return tiny_causal_lm
 
 

@@ -7,13 +7,13 @@ import sys
 import numpy as np
 import pytest
 
-from gemma_lora import batching
+from gemma_lora.training import batching
 from gemma_lora import data
 from gemma_lora import lora
 from gemma_lora import models
-from gemma_lora import train
+from gemma_lora import training
 from gemma_lora.config import RunConfig
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.training import CompiledSteps
 
 pytestmark = pytest.mark.real_model
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.real_model
 @pytest.fixture(scope="module")
 def lora_model(gemma3_270m_preset):
     model = models.load_causal_lm("gemma3_270m_pypi")
-    lora.enable_lora(model, rank=8, alpha=32)
+    lora.enable_lora(model, lora.LoraConfig(rank=8, alpha=32))
     return model
 
 
@@ -34,7 +34,7 @@ def order_examples():
 def test_a_few_lora_steps_lower_the_loss_on_a_fixed_batch(lora_model, order_examples):
     split = batching.tokenize(lora_model.preprocessor, {k: v[:4] for k, v in order_examples.items()}, 128)
     batch = batching.make_batch(split, np.arange(4), (128,), batching.loss_buffer_size(split))
-    steps = CompiledSteps(lora_model, train.make_optimizer(RunConfig(learning_rate=1e-3, warmup_steps=0), 10))
+    steps = CompiledSteps(lora_model, training.make_optimizer(RunConfig(learning_rate=1e-3, warmup_steps=0), 10))
     before = steps.mean_loss([batch])
     for _ in range(4):
         steps.train_step(batch)

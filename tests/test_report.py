@@ -1,8 +1,8 @@
 import json
 
-from gemma_lora import report
+from gemma_lora.runs import report
 from gemma_lora.config import RunConfig
-from gemma_lora.evaluate import Evaluation
+from gemma_lora.tasks import Evaluation
 
 
 def _evaluation(exact_match):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from gemma_lora import checkpoint
+from gemma_lora.training import checkpoint
 from gemma_lora import lora
-from gemma_lora import train
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 
@@ -65,8 +65,8 @@ def test_killed_run_resumes_to_the_same_adapter(uninterrupted, tmp_path):
     assert expected.keys() == resumed.keys()
     for key in expected:
         np.testing.assert_allclose(resumed[key], expected[key], rtol=1e-5, atol=1e-6)
-    history = (tmp_path / train.HISTORY_FILE).read_text()
-    assert history == (uninterrupted / train.HISTORY_FILE).read_text().replace(
+    history = (tmp_path / training.HISTORY_FILE).read_text()
+    assert history == (uninterrupted / training.HISTORY_FILE).read_text().replace(
         str(uninterrupted), str(tmp_path))
 
 
@@ -88,14 +88,14 @@ def test_kill_during_checkpoint_write_resumes_from_the_previous_one(uninterrupte
 
 def test_checkpoint_from_another_config_is_refused(uninterrupted, tmp_path):
     config = RunConfig(rank=16, alpha=8, max_steps=30, eval_every=5, batch_size=8, sequence_length=48,
-                       learning_rate=3e-2, warmup_steps=2, data_path=str(SCRIPT))
+                       learning_rate=3e-2, warmup_steps=2, patience=100, data_path=str(SCRIPT))
     with pytest.raises(ConfigError, match=r"different configuration \(rank: checkpoint 4, now 16\)"):
         checkpoint.load(checkpoint.latest(uninterrupted), checkpoint.fingerprint(config))
 
 
 def test_non_finite_loss_stops_without_applying_the_step(tiny_causal_lm, color_examples, tmp_path,
                                                          monkeypatch):
-    real_batches = train.batching.training_batches
+    real_batches = training.batching.training_batches
 
     def poisoned(*args, **kwargs):
         for step, batch in enumerate(real_batches(*args, **kwargs), start=1):
@@ -103,12 +103,12 @@ def test_non_finite_loss_stops_without_applying_the_step(tiny_causal_lm, color_e
                 batch = dict(batch, loss_weights=batch["loss_weights"] * np.nan)
             yield batch
 
-    monkeypatch.setattr(train.batching, "training_batches", poisoned)
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    monkeypatch.setattr(training.batching, "training_batches", poisoned)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
     config = RunConfig(max_steps=20, eval_every=5, batch_size=8, sequence_length=48, learning_rate=3e-2,
                        warmup_steps=2, eval_batch_size=8, run_dir=str(tmp_path))
     lines = []
-    result = train.train(tiny_causal_lm, config, color_examples["train"], color_examples["validation"],
+    result = training.train(tiny_causal_lm, config, color_examples["train"], color_examples["validation"],
                          log=lines.append)
     assert result.diverged_at == 7
     assert result.steps == 6 and result.best_step == 5

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gemma_lora import sweep
+from gemma_lora.runs import sweep
 from gemma_lora.errors import ConfigError
 
 

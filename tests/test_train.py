@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from gemma_lora import lora
-from gemma_lora import train
+from gemma_lora import testing
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 
 
@@ -17,9 +18,9 @@ def _config(tmp_path, **overrides):
 
 
 def test_schedule_warms_up_then_decays():
-    cosine = train.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="cosine")
-    linear = train.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="linear")
-    constant = train.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="constant")
+    cosine = training.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="cosine")
+    linear = training.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="linear")
+    constant = training.WarmupDecay(1.0, warmup_steps=10, total_steps=110, kind="constant")
     assert float(cosine(0)) == pytest.approx(0.1)
     assert float(cosine(4)) == pytest.approx(0.5)
     assert float(cosine(10)) == pytest.approx(1.0)
@@ -30,7 +31,7 @@ def test_schedule_warms_up_then_decays():
 
 
 def test_weight_decay_skips_norms_and_biases():
-    optimizer = train.make_optimizer(RunConfig(), total_steps=100)
+    optimizer = training.make_optimizer(RunConfig(), total_steps=100)
     import keras
 
     norm = keras.Variable(np.ones(3), name="pre_attention_norm_scale")
@@ -41,9 +42,9 @@ def test_weight_decay_skips_norms_and_biases():
 
 def test_training_lowers_validation_loss_and_keeps_best_adapter(tiny_causal_lm, color_examples, tmp_path):
     config = _config(tmp_path)
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
     lines = []
-    result = train.train(tiny_causal_lm, config, color_examples["train"],
+    result = training.train(tiny_causal_lm, config, color_examples["train"],
                          color_examples["validation"], log=lines.append)
     val_losses = [row["val_loss"] for row in result.history if row["val_loss"] is not None]
     assert result.steps == 40
@@ -52,7 +53,7 @@ def test_training_lowers_validation_loss_and_keeps_best_adapter(tiny_causal_lm, 
     assert val_losses[-1] < val_losses[0]
     assert result.best_val_loss == min(val_losses)
     assert any("ETA" in line and "val_loss" in line for line in lines)
-    rows = list(csv.DictReader(open(tmp_path / "run" / train.HISTORY_FILE)))
+    rows = list(csv.DictReader(open(tmp_path / "run" / training.HISTORY_FILE)))
     assert [int(r["step"]) for r in rows] == list(range(41))
     assert float(rows[10]["val_loss"]) == pytest.approx(val_losses[1])
     saved = lora.read_adapter_config(result.adapter_dir)
@@ -71,8 +72,8 @@ def test_early_stopping_restores_the_best_adapter(tiny_causal_lm, color_examples
     validation = dict(color_examples["validation"])
     validation["responses"] = [shifted[c] for c in validation["responses"]]
     config = _config(tmp_path, max_steps=80, patience=0)
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
-    result = train.train(tiny_causal_lm, config, color_examples["train"], validation,
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
+    result = training.train(tiny_causal_lm, config, color_examples["train"], validation,
                          log=lambda line: None)
     assert result.stopped_early
     assert result.steps < config.max_steps
@@ -103,8 +104,8 @@ def test_qlora_on_a_quantized_base_trains(tiny_causal_lm, color_examples, tmp_pa
     models.quantize_base(tiny_causal_lm, mode)
     query = next(l for l in tiny_causal_lm.backbone._flatten_layers() if l.name == "query")
     assert query.quantization_mode == mode
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8, target_layers="all-linear")
-    result = train.train(tiny_causal_lm, _config(tmp_path, max_steps=30, learning_rate=1e-2),
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8, target_layers="all-linear"))
+    result = training.train(tiny_causal_lm, _config(tmp_path, max_steps=30, learning_rate=1e-2),
                          color_examples["train"],
                          color_examples["validation"], log=lambda line: None)
     val_losses = [row["val_loss"] for row in result.history if row["val_loss"] is not None]
@@ -120,21 +121,21 @@ def test_qlora_gradients_match_the_float_base(tiny_tokenizer_proto, color_exampl
     """
     import jax
 
-    from gemma_lora import batching
+    from gemma_lora.training import batching
     from gemma_lora import models
-    from gemma_lora.steps import CompiledSteps
+    from gemma_lora.training import CompiledSteps
 
     def lora_gradients(quantize):
-        model = models.build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)
+        model = testing.build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)
         if quantize:
             models.quantize_base(model, mode)
-        lora.enable_lora(model, rank=4, alpha=8, target_layers="all-linear")
+        lora.enable_lora(model, lora.LoraConfig(rank=4, alpha=8, target_layers="all-linear"))
         for layer in lora.lora_layers(model):  # B = 0 would zero every A gradient.
             layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.1, "float32"))
         split = batching.tokenize(model.preprocessor, color_examples["validation"], 48)
         batch = batching.make_batch(split, np.arange(8), (48,), batching.loss_buffer_size(split))
         steps = CompiledSteps(model)
-        grads = jax.grad(steps._loss_fn)(steps.trainable, steps.non_trainable, batch)
+        grads = jax.grad(steps.loss_fn)(steps.trainable, steps.non_trainable, batch)
         return np.concatenate([np.ravel(g) for g in grads])
 
     quantized, full = lora_gradients(True), lora_gradients(False)
@@ -148,8 +149,8 @@ def test_a_run_that_never_improves_keeps_the_base_model(tiny_causal_lm, color_ex
     # Steps this small leave the validation loss exactly where it was: never better.
     config = _config(tmp_path, max_steps=10, eval_every=5, patience=5, learning_rate=1e-30,
                      warmup_steps=0)
-    lora.enable_lora(tiny_causal_lm, rank=4, alpha=8)
-    result = train.train(tiny_causal_lm, config, color_examples["train"],
+    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
+    result = training.train(tiny_causal_lm, config, color_examples["train"],
                          color_examples["validation"], log=lambda line: None)
     assert result.best_step == 0
     saved = load_file(str(result.adapter_dir / lora.ADAPTER_WEIGHTS))

@@ -28,17 +28,17 @@ def sentiment_rows(path=SENTIMENT_TRAIN, count=None):
 @functools.cache
 def sentiment_proto() -> bytes:
     from gemma_lora import data
-    from gemma_lora.models import train_tiny_tokenizer
+    from gemma_lora.testing import train_tiny_tokenizer
 
     texts = [row["text"] for row in sentiment_rows(count=400)]
     texts += [template.format(instruction="Classify the sentiment.", input="x")
-              for pair in data.TEMPLATES.values() for template in pair] * 10
+              for pair in data.PROMPT_TEMPLATES.values() for template in pair] * 10
     return train_tiny_tokenizer(texts + ["positive", "negative"] * 20, vocabulary_size=600)
 
 
 def save_tiny_gemma_preset(folder, seed=0, sequence_length=96) -> Path:
     """Write a tiny Gemma 3 causal LM preset to `folder`; returns it."""
-    from gemma_lora.models import build_tiny_gemma3
+    from gemma_lora.testing import build_tiny_gemma3
 
     model = build_tiny_gemma3(sentiment_proto(), sequence_length=sequence_length, seed=seed)
     model.save_to_preset(str(folder))

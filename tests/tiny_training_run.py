@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from gemma_lora import io_utils  # noqa: E402
 from gemma_lora import lora  # noqa: E402
 from gemma_lora import models  # noqa: E402
-from gemma_lora import train  # noqa: E402
+from gemma_lora import testing
+from gemma_lora import training  # noqa: E402
 from gemma_lora.config import RunConfig  # noqa: E402
 from tests.conftest import _color_examples  # noqa: E402
 
@@ -32,11 +33,11 @@ args = parser.parse_args()
 examples = {"train": _color_examples(160, seed=1), "validation": _color_examples(16, seed=2)}
 texts = [p + r for split in (examples["train"], examples["validation"], _color_examples(16, seed=3))
          for p, r in zip(split["prompts"], split["responses"])]
-model = models.build_tiny_gemma3(models.train_tiny_tokenizer(texts, 512), sequence_length=48)
+model = testing.build_tiny_gemma3(testing.train_tiny_tokenizer(texts, 512), sequence_length=48)
 config = RunConfig(rank=4, alpha=8, max_steps=30, eval_every=5, checkpoint_every=5, batch_size=8, sequence_length=48,
                    learning_rate=3e-2, warmup_steps=2, eval_batch_size=8, patience=100,
                    run_dir=args.run_dir, resume=args.resume, data_path=__file__)
-lora.enable_lora(model, config.rank, config.alpha, config.target_layers)
+lora.enable_lora(model, lora.LoraConfig.from_run(config))
 
 if args.pause_in_checkpoint:
     real_replace = io_utils.os.replace
@@ -50,15 +51,15 @@ if args.pause_in_checkpoint:
     io_utils.os.replace = replace_then_maybe_pause
 
 if args.step_delay:
-    real_step = train.CompiledSteps.train_step
+    real_step = training.CompiledSteps.train_step
 
     def slow_step(self, batch):
         time.sleep(args.step_delay)
         return real_step(self, batch)
 
-    train.CompiledSteps.train_step = slow_step
+    training.CompiledSteps.train_step = slow_step
 
-result = train.train(model, config, examples["train"], examples["validation"],
+result = training.train(model, config, examples["train"], examples["validation"],
                      log=lambda line: print(line, flush=True))
 lora.save_adapter(model, os.path.join(args.run_dir, "final_adapter"), "tiny")
 print("DONE", result.steps, flush=True)

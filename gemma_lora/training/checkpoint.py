@@ -23,7 +23,7 @@ import numpy as np
 from safetensors.numpy import load_file
 from safetensors.numpy import save_file
 
-from gemma_lora import distribution
+from gemma_lora import parallel
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 from gemma_lora.io_utils import atomic_directory
@@ -34,14 +34,28 @@ ARRAYS_FILE = "arrays.safetensors"
 STATE_FILE = "state.json"
 _NAME = re.compile(r"step-(\d{6,})")
 
-# Parameters that change what the next step computes: resuming under a
-# different value would silently mix two runs.
-FINGERPRINT_FIELDS = (
-    "preset", "dtype", "data_path", "data_fields", "template", "validation_fraction",
-    "test_fraction", "rank", "alpha", "target_layers", "sequence_length", "batch_size",
-    "learning_rate", "weight_decay", "warmup_steps", "lr_schedule", "gradient_clip_norm",
-    "max_steps", "epochs", "seed",
+# Every `RunConfig` field is part of the fingerprint, except these, which
+# cannot change what training computes; a field added to `RunConfig` is
+# fingerprinted without touching this module.
+NOT_FINGERPRINTED = (
+    "run_dir",            # where the run is written; resuming reads it
+    "resume",             # whether this run resumes
+    "checkpoint_every",   # when checkpoints are written, not what is trained
+    "keep_checkpoints",   # how many are kept
+    "reference_preset",   # an extra untuned model evaluated after training
+    "max_new_tokens",     # generation budget of the evaluation after training
+    "eval_batch_size",    # evaluation batching (loss is a per-token mean either way)
+    "num_samples",        # sample generations shown in the notebook
+    "packing",            # same examples per step, same loss and gradients (tests/test_packing.py)
+    "loss_chunk_size",    # memory only; same loss and gradients (tests/test_chunked_loss.py)
+    "data_parallel",      # the device mesh: the same global batch on any layout
+    "model_parallel",
+    "coordinator_address",  # how the hosts of a multi-host run find each other
+    "num_processes",
+    "process_id",
 )
+# Fields naming data files whose contents are fingerprinted too.
+DATA_FILE_FIELDS = ("data_path", "test_data_path")
 
 
 def fingerprint(config: RunConfig) -> dict[str, Any]:
@@ -51,16 +65,25 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
         config: the run's parameters.
 
     Returns:
-        The fingerprint fields' values plus the data file's sha256.
+        Every `RunConfig` field but `NOT_FINGERPRINTED`, as JSON values,
+        plus `<field>_sha256`: the contents of each data file named by
+        `DATA_FILE_FIELDS` (None for a TFDS source or an unset field).
+
+    Example:
+    >>> from gemma_lora.config import RunConfig
+    >>> values = fingerprint(RunConfig(dropout=0.1))
+    >>> values["dropout"], "run_dir" in values, len(values["data_path_sha256"])
+    (0.1, False, 64)
     """
-    values = {name: getattr(config, name) for name in FINGERPRINT_FIELDS}
-    values["target_layers"] = list(config.target_layers)
-    values["data_sha256"] = _file_sha256(config.data_path)
-    return values
+    values = {name: value for name, value in config.to_dict().items()
+              if name not in NOT_FINGERPRINTED}
+    for name in DATA_FILE_FIELDS:
+        values[f"{name}_sha256"] = _file_sha256(getattr(config, name))
+    return json.loads(json.dumps(values))  # as a checkpoint's state.json gives it back
 
 
-def _file_sha256(path: str) -> str | None:
-    if not os.path.isfile(path):
+def _file_sha256(path: str | None) -> str | None:
+    if path is None or not os.path.isfile(path):
         return None
     digest = hashlib.sha256()
     with open(path, "rb") as file:
@@ -82,13 +105,13 @@ def save(run_dir: str | os.PathLike, step: int, arrays: dict[str, np.ndarray],
 
     Returns:
         The checkpoint folder. On a multi-host run only process 0 writes
-        (`distribution.is_writer`); the others return the same path.
+        (`parallel.is_writer`); the others return the same path.
 
     Example:
     >>> save("runs/demo", 100, {"w": np.zeros(3)}, {"fingerprint": {}}, keep=2)
     """
     folder = Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:06d}"
-    if not distribution.is_writer():
+    if not parallel.is_writer():
         return folder
     with atomic_directory(folder) as tmp:
         save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()},
@@ -132,9 +155,16 @@ def load(folder: str | os.PathLike, expected_fingerprint: dict[str, Any]) -> tup
     with open(folder / STATE_FILE, encoding="utf-8") as file:
         state = json.load(file)
     saved = state["fingerprint"]
+    unrecorded = sorted(set(expected_fingerprint) - set(saved))
+    if unrecorded:
+        raise ConfigError(
+            f"Cannot resume from {folder}: it was written by an older gemma_lora that did not "
+            f"record {', '.join(unrecorded)}, so it cannot be checked to be the same run. Use "
+            "a new run_dir, or set resume=False to start over in this one."
+        )
     differences = [
-        f"{key}: checkpoint {saved.get(key)!r}, now {value!r}"
-        for key, value in expected_fingerprint.items() if saved.get(key) != value
+        f"{key}: checkpoint {saved[key]!r}, now {value!r}"
+        for key, value in expected_fingerprint.items() if saved[key] != value
     ]
     if differences:
         raise ConfigError(

@@ -15,9 +15,9 @@ prediction is its logits' argmax). `load_model`, `fit_texts` and
 cells for Gemma and for, say, DistilBERT (see `text_classifier`).
 
 Example:
->>> splits, labels = labelled.load_splits(config)  # doctest: +SKIP
+>>> splits = data.load_labelled_splits(config); labels = data.check_labels(splits)  # doctest: +SKIP
 >>> model = load_model(config.preset, labels)  # doctest: +SKIP
->>> lora.enable_lora(model, rank=8)  # doctest: +SKIP
+>>> lora.enable_lora(model, lora.LoraConfig.from_run(config))  # doctest: +SKIP
 >>> splits, _ = fit_texts(splits, model, config.sequence_length, config.template)  # doctest: +SKIP
 >>> baseline = evaluate_classifier(model, splits.test, labels, config.template)  # doctest: +SKIP
 >>> train_classifier(model, config, splits, labels)  # doctest: +SKIP
@@ -39,15 +39,14 @@ import keras
 import keras_hub
 import numpy as np
 
-from gemma_lora import batching
 from gemma_lora import data
-from gemma_lora import labelled
 from gemma_lora import models
-from gemma_lora import text_classifier
-from gemma_lora import train
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import DataError
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.tasks import text_classifier
+from gemma_lora.training import batching
+from gemma_lora.training.steps import CompiledSteps
 
 
 @dataclasses.dataclass
@@ -214,8 +213,8 @@ def label_log_likelihoods(
     # The longest pair is start + longest prompt + longest label + end; the end
     # token must be a target, which the packed sequence (one longer than the
     # model's inputs) holds when the inputs are `needed - 1` long.
-    needed = (2 + max(data._token_counts(preprocessor.tokenizer, list(prompts)))
-              + max(data._token_counts(preprocessor.tokenizer, list(labels))))
+    needed = (2 + max(data.token_counts(preprocessor.tokenizer, list(prompts)))
+              + max(data.token_counts(preprocessor.tokenizer, list(labels))))
     sequence_length = math.ceil((needed - 1) / 8) * 8
     try:
         split = batching.tokenize(preprocessor, pairs, sequence_length)
@@ -253,7 +252,7 @@ def evaluate_classifier(
 
     Args:
         model: a KerasHub `CausalLM` or `TextClassifier`.
-        records: labelled records from `labelled.to_records`; the output is
+        records: labelled records from `data.to_records`; the output is
             the true label.
         labels: the label set, in the classifier's class order.
         template: the prompt template (causal LMs only).
@@ -320,7 +319,7 @@ def fit_texts(
 ) -> tuple[data.Splits, int]:
     """Cut texts too long for a causal LM, so that the label always fits.
 
-    See `labelled.shorten_texts`. A `TextClassifier`'s preprocessor cuts
+    See `data.shorten_texts`. A `TextClassifier`'s preprocessor cuts
     its texts itself, so its splits come back unchanged.
 
     Args:
@@ -341,7 +340,7 @@ def fit_texts(
     parts, shortened = {}, 0
     for name in ("train", "validation", "test"):
         records = getattr(splits, name)
-        parts[name], count = (labelled.shorten_texts(records, tokenizer, sequence_length, template)
+        parts[name], count = (data.shorten_texts(records, tokenizer, sequence_length, template)
                               if records else (records, 0))
         shortened += count
     return data.Splits(**parts), shortened
@@ -353,7 +352,7 @@ def train_classifier(
     splits: data.Splits,
     labels: Sequence[str],
     log: Callable[[str], None] = print,
-) -> train.TrainResult:
+) -> training.TrainResult:
     """Fine-tune a LoRA-enabled classifier on the training split.
 
     A causal LM trains with `train.train` on prompt -> label examples (the
@@ -369,7 +368,7 @@ def train_classifier(
         log: where progress lines go.
 
     Returns:
-        A `train.TrainResult`.
+        A `training.TrainResult`.
 
     Example:
     >>> result = train_classifier(model, config, splits, labels)  # doctest: +SKIP
@@ -377,7 +376,7 @@ def train_classifier(
     if isinstance(model, keras_hub.models.TextClassifier):
         return text_classifier.train_text_classifier(
             model, config, splits.train, splits.validation, labels, log)
-    return train.train(
+    return training.train(
         model, config,
         data.to_prompt_response(splits.train, config.template),
         data.to_prompt_response(splits.validation, config.template),

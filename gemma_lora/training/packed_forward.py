@@ -35,14 +35,14 @@ from keras import ops
 from gemma_lora.errors import ConfigError
 
 
-def check_supported(backbone: keras.Model) -> None:
+def check_packing_supported(backbone: keras.Model) -> None:
     """Raise `ConfigError` unless `backbone` is a causal, text-only Gemma 3.
 
     Args:
         backbone: the model's backbone.
 
     Example:
-    >>> check_supported(model.backbone)  # a Gemma3CausalLM's: passes
+    >>> check_packing_supported(model.backbone)  # a Gemma3CausalLM's: passes
     """
     if (
         not isinstance(backbone, keras_hub.models.Gemma3Backbone)
@@ -101,7 +101,7 @@ def hidden_states(backbone: keras.Model, token_ids, segment_ids, positions, trai
     >>> hidden = hidden_states(model.backbone, batch["token_ids"],
     ...                        batch["segment_ids"], batch["positions"])
     """
-    check_supported(backbone)
+    check_packing_supported(backbone)
     x = backbone.token_embedding(token_ids)
     x = x * ops.cast(ops.sqrt(backbone.hidden_dim), x.dtype)
     mask = attention_mask(segment_ids)

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
 from gemma_lora.io_utils import write_text_atomic
-from gemma_lora.report import METRICS_FILE
+from gemma_lora.runs.report import METRICS_FILE
 
 HISTORY_FILE = "history.csv"
 METRIC_PREFERENCE = ("macro_f1", "exact_match", "accuracy", "rouge_l")

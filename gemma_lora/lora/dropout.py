@@ -50,11 +50,11 @@ def dropout_keys(key: jax.Array) -> Iterator[None]:
         _ACTIVE_KEY.reset(token)
 
 
-def check_supported(layer: keras.layers.Layer) -> None:
+def check_dropout_supported(layer: keras.layers.Layer) -> None:
     """Raise `ConfigError` unless `layer` can take LoRA dropout (no activation).
 
     Example:
-    >>> check_supported(model.backbone.get_layer("decoder_block_0").attention.query_dense)
+    >>> check_dropout_supported(model.backbone.get_layer("decoder_block_0").attention.query_dense)
     """
     if layer.activation not in (None, keras.activations.linear):
         raise ConfigError(
@@ -69,7 +69,7 @@ def add_dropout(layer: keras.layers.Layer, rate: float, index: int) -> None:
 
     Args:
         layer: a layer on which `enable_lora` was called, accepted by
-            `check_supported`.
+            `check_dropout_supported`.
         rate: the fraction of the branch's inputs dropped, in [0, 1).
         index: the layer's position among the LoRA layers, folded into the
             key so each layer draws its own mask.

@@ -68,27 +68,22 @@ import keras
 import numpy as np
 from safetensors.numpy import save_file
 
-from gemma_lora import lora
 from gemma_lora.errors import ModelError
 from gemma_lora.io_utils import atomic_directory
 from gemma_lora.io_utils import write_json_atomic
+from gemma_lora.lora import layers
+from gemma_lora.lora.config import LoraConfig
+from gemma_lora.lora.peft_layout import KERAS_TO_PEFT
+from gemma_lora.lora.peft_layout import PEFT_TO_KERAS
+from gemma_lora.lora.peft_layout import block_layers
+from gemma_lora.lora.peft_layout import gemma3_text_backbone
+from gemma_lora.lora.peft_layout import hf_shape
+from gemma_lora.lora.peft_layout import keras_lora_factors
+from gemma_lora.lora.peft_layout import kernel_shape
+
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_CONFIG = "adapter_config.json"
-
-# Keras layer name -> (Hugging Face submodule, PEFT module name, layout).
-# "heads": kernel (heads, d_in, head_dim), HF weight (heads * head_dim, d_in).
-# "flat": HF weight = kernel.reshape(-1, last).T.
-KERAS_TO_PEFT = {
-    "query": ("self_attn", "q_proj", "heads"),
-    "key": ("self_attn", "k_proj", "heads"),
-    "value": ("self_attn", "v_proj", "heads"),
-    "attention_output": ("self_attn", "o_proj", "flat"),
-    "ffw_gating": ("mlp", "gate_proj", "flat"),
-    "ffw_gating_2": ("mlp", "up_proj", "flat"),
-    "ffw_linear": ("mlp", "down_proj", "flat"),
-}
-_PEFT_TO_KERAS = {peft_name: keras_name for keras_name, (_, peft_name, _) in KERAS_TO_PEFT.items()}
 _KEY_PREFIX = "base_model.model."
 # Text-only Gemma3ForCausalLM: `model.layers.N`; the text part of
 # Gemma3ForConditionalGeneration: `model.language_model.layers.N` (transformers
@@ -97,8 +92,6 @@ _KEY_PATTERN = re.compile(
     r"^(?:model\.|language_model\.)*layers\.(\d+)\.(self_attn|mlp)\."
     r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.lora_([AB])\.weight$"
 )
-# Singular values below this fraction of the largest are float rounding.
-_RANK_TOLERANCE = 1e-6
 # PEFT options that change what the adapter computes and that a Keras LoRA
 # layer cannot hold; the value each must have.
 _UNSUPPORTED_OPTIONS = {
@@ -150,25 +143,26 @@ def export_peft_adapter(
         ModelError: if the model is not a text-only Gemma 3 or has no LoRA,
             or LoRA is on only some of the blocks of a layer kind.
 
-    Example:
-    >>> lora.enable_lora(model, rank=8, alpha=16)
-    >>> ...  # train
-    >>> export_peft_adapter(model, "runs/demo/peft_adapter", "google/gemma-3-270m")
-    >>> # then, with PyTorch:
-    >>> # hf = transformers.AutoModelForCausalLM.from_pretrained("google/gemma-3-270m")
-    >>> # tuned = peft.PeftModel.from_pretrained(hf, "runs/demo/peft_adapter")
+    Example::
+
+        lora.enable_lora(model, lora.LoraConfig(rank=8, alpha=16))
+        ...  # train
+        export_peft_adapter(model, "runs/demo/peft_adapter", "google/gemma-3-270m")
+        # then, with PyTorch:
+        hf = transformers.AutoModelForCausalLM.from_pretrained("google/gemma-3-270m")
+        tuned = peft.PeftModel.from_pretrained(hf, "runs/demo/peft_adapter")
     """
     if not isinstance(base_model_name_or_path, str) or not base_model_name_or_path.strip():
         raise ModelError(
             "base_model_name_or_path must name the Hugging Face base model, e.g. "
             f"'google/gemma-3-270m'; got {base_model_name_or_path!r}."
         )
-    backbone = _gemma3_text_backbone(model, "export")
+    backbone = gemma3_text_backbone(model, "export")
     weights: dict[str, np.ndarray] = {}
     ranks: dict[str, set[tuple[int, float]]] = {}
     adapted_blocks: dict[str, set[int]] = {}
     for index in range(backbone.num_layers):
-        for keras_name, layer in _block_layers(backbone, index).items():
+        for keras_name, layer in block_layers(backbone, index).items():
             if not layer.lora_enabled:
                 continue
             group, peft_name, layout = KERAS_TO_PEFT[keras_name]
@@ -183,11 +177,11 @@ def export_peft_adapter(
     for peft_name, blocks in adapted_blocks.items():
         if len(blocks) != backbone.num_layers or len(ranks[peft_name]) != 1:
             raise ModelError(
-                f"LoRA on {_PEFT_TO_KERAS[peft_name]!r} must cover all {backbone.num_layers} "
+                f"LoRA on {PEFT_TO_KERAS[peft_name]!r} must cover all {backbone.num_layers} "
                 f"blocks with one rank and alpha to be a PEFT adapter; it covers blocks "
                 f"{sorted(blocks)} with (rank, alpha) {sorted(ranks[peft_name])}."
             )
-    adapted = lora.lora_layers(model)
+    adapted = layers.lora_layers(model)
     rank, alpha = int(adapted[0].lora_rank), float(adapted[0].lora_alpha)
     module_ranks = {name: next(iter(values)) for name, values in ranks.items()}
     config = {
@@ -240,7 +234,7 @@ def _to_peft_factors(
 # === Import ===
 
 
-def import_peft_adapter(model: keras.Model, folder: str | os.PathLike) -> lora.ParameterSummary:
+def import_peft_adapter(model: keras.Model, folder: str | os.PathLike) -> layers.ParameterSummary:
     """Load a Hugging Face PEFT LoRA adapter for Gemma 3 into a Keras model.
 
     Enables Keras LoRA on the layers the adapter targets and sets its
@@ -268,38 +262,40 @@ def import_peft_adapter(model: keras.Model, folder: str | os.PathLike) -> lora.P
             projections, was made for another base model (the message names
             both shapes), or the model already has LoRA.
 
-    Example:
-    >>> model = models.load_causal_lm("gemma3_270m")
-    >>> import_peft_adapter(model, "my_peft_adapter")
-    >>> model.generate("Water boils at", max_length=16)
+    Example::
+
+        model = models.load_causal_lm("gemma3_270m")
+        import_peft_adapter(model, "my_peft_adapter")
+        model.generate("Water boils at", max_length=16)
     """
     folder = Path(folder)
     config = _read_peft_config(folder)
-    backbone = _gemma3_text_backbone(model, "import", allow_vision=True)
-    if lora.lora_layers(model):
+    backbone = gemma3_text_backbone(model, "import", allow_vision=True)
+    if layers.lora_layers(model):
         raise ModelError(
             f"The model already has LoRA; import the PEFT adapter {str(folder)!r} into a "
             "model without LoRA (load the base model again)."
         )
-    modules = _peft_modules(_read_safetensors(folder / PEFT_WEIGHTS), folder)
+    modules = peft_modules(read_safetensors(folder / PEFT_WEIGHTS), folder)
     default_scale = _peft_scale(config, config["r"], config["lora_alpha"])
     factors: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
     for (index, peft_name), (module_name, lora_a, lora_b) in sorted(modules.items()):
-        keras_name = _PEFT_TO_KERAS[peft_name]
+        keras_name = PEFT_TO_KERAS[peft_name]
         layer = _checked_layer(backbone, index, keras_name, peft_name, lora_a, lora_b, config,
                                folder)
         scale = _module_scale(config, module_name, lora_a.shape[0])
         factors[index, keras_name] = keras_lora_factors(
-            lora_a, scale / default_scale * lora_b.astype(np.float64), _kernel_shape(layer),
+            lora_a, scale / default_scale * lora_b.astype(np.float64), kernel_shape(layer),
             KERAS_TO_PEFT[keras_name][2])
     _check_coverage(modules, backbone.num_layers, config, folder)
     rank = max([a.shape[1] for a, _ in factors.values()] + [1])
     targets = sorted({keras_name for _, keras_name in factors},
                      key=list(KERAS_TO_PEFT).index)
-    lora.enable_lora(model, rank, alpha=rank * default_scale, target_layers=targets)
-    weights = lora.lora_weights(model)
+    layers.enable_lora(model, LoraConfig(rank=rank, alpha=rank * default_scale,
+                                         target_layers=tuple(targets)))
+    weights = layers.lora_weights(model)
     for index in range(backbone.num_layers):
-        for keras_name, layer in _block_layers(backbone, index).items():
+        for keras_name, layer in block_layers(backbone, index).items():
             if not layer.lora_enabled:
                 continue
             a = weights[layer.lora_kernel_a.path]
@@ -312,86 +308,8 @@ def import_peft_adapter(model: keras.Model, folder: str | os.PathLike) -> lora.P
                 b[:kept] = b_part
             weights[layer.lora_kernel_a.path] = a.astype(np.float32)
             weights[layer.lora_kernel_b.path] = b.astype(np.float32)
-    lora.assign_lora_weights(model, weights, source=str(folder))
-    return lora.parameter_summary(model)
-
-
-def keras_lora_factors(
-    lora_a: np.ndarray, lora_b: np.ndarray, kernel_shape: tuple[int, ...], layout: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Factor a PEFT update `lora_b @ lora_a` in Keras' LoRA layout, exactly.
-
-    Keras' update of a kernel `(..., last)` is `A @ B`, i.e. a factorization
-    `A_flat @ B` of the update flattened to `(prod(leading axes), last)`. In
-    that layout the PEFT update is `blockdiag(X, ..., X) @ Y`: for `"flat"`
-    layers one block, `X = lora_a.T`, `Y = lora_b.T`; for `"heads"` layers
-    one block per head, `X = lora_a.T` `(d, r)` and `Y` stacking each head's
-    rows of `lora_b`, transposed (`(heads * r, head_dim)`). With `X = Q R`,
-    the SVD of the small `blockdiag(R) @ Y` gives an exact SVD of the
-    update without ever forming it; singular values below `1e-6` of the
-    largest are dropped as float rounding.
-
-    Args:
-        lora_a: PEFT `lora_A` `[r, in]`.
-        lora_b: PEFT `lora_B` `[out, r]`, with the PEFT scale folded in.
-        kernel_shape: the Keras kernel's shape.
-        layout: `"heads"` or `"flat"` (`KERAS_TO_PEFT[name][2]`).
-
-    Returns:
-        `A_flat` `(prod(kernel_shape[:-1]), k)` and `B` `(k, last)`, `k` the
-        update's rank: `A_flat.reshape(kernel_shape[:-1] + (k,)) @ B` is the
-        update as a Keras kernel.
-    """
-    lora_a = lora_a.astype(np.float64)
-    lora_b = lora_b.astype(np.float64)
-    rank = lora_a.shape[0]
-    if layout == "heads":
-        heads, _, head_dim = kernel_shape
-        y = lora_b.reshape(heads, head_dim, rank).transpose(0, 2, 1)  # (heads, r, head_dim)
-    else:
-        heads = 1
-        y = lora_b.T[None]  # (1, r, last)
-    q, r = np.linalg.qr(lora_a.T)  # lora_a.T = q @ r, q (p, k') orthonormal
-    core = np.concatenate([r @ y_head for y_head in y])  # (heads * k', last)
-    u, s, vt = np.linalg.svd(core, full_matrices=False)
-    kept = int(np.sum(s > s[0] * _RANK_TOLERANCE)) if s.size and s[0] > 0 else 0
-    root = np.sqrt(s[:kept])
-    u = (u[:, :kept] * root).reshape(heads, q.shape[1], kept)
-    a_flat = np.concatenate([q @ u_head for u_head in u])  # (heads * p, kept)
-    return a_flat, root[:, None] * vt[:kept]
-
-
-def keras_to_hf_kernel(kernel: np.ndarray, layout: str) -> np.ndarray:
-    """A Keras Gemma 3 kernel in Hugging Face's `[out, in]` layout.
-
-    Args:
-        kernel: the Keras kernel (e.g. `query` `(n, d, h)`).
-        layout: `"heads"` for query/key/value, `"flat"` for the others
-            (`KERAS_TO_PEFT[name][2]`).
-
-    Returns:
-        The `torch.nn.Linear` weight KerasHub's exporter writes for it.
-    """
-    if layout == "heads":
-        heads, width, head_dim = kernel.shape
-        return kernel.transpose(0, 2, 1).reshape(heads * head_dim, width)
-    return kernel.reshape(-1, kernel.shape[-1]).T
-
-
-def hf_to_keras_kernel(weight: np.ndarray, kernel_shape: tuple[int, ...], layout: str) -> np.ndarray:
-    """The inverse of `keras_to_hf_kernel`: an `[out, in]` weight as a Keras kernel."""
-    if layout == "heads":
-        heads, width, head_dim = kernel_shape
-        return weight.reshape(heads, head_dim, width).transpose(0, 2, 1)
-    return weight.T.reshape(kernel_shape)
-
-
-def _hf_shape(kernel_shape: tuple[int, ...], layout: str) -> tuple[int, int]:
-    """`(out, in)` of the Hugging Face Linear for a Keras kernel shape."""
-    if layout == "heads":
-        heads, width, head_dim = kernel_shape
-        return heads * head_dim, width
-    return kernel_shape[-1], int(np.prod(kernel_shape[:-1]))
+    layers.assign_lora_weights(model, weights, source=str(folder))
+    return layers.parameter_summary(model)
 
 
 def _read_peft_config(folder: Path) -> dict[str, Any]:
@@ -434,7 +352,7 @@ def _read_peft_config(folder: Path) -> dict[str, Any]:
 _SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16}
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Read a safetensors file as float32 arrays, bfloat16 included.
 
     `safetensors.numpy` cannot read bfloat16 (numpy has no such type), and
@@ -464,7 +382,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _peft_modules(
+def peft_modules(
     weights: dict[str, np.ndarray], folder: Path
 ) -> dict[tuple[int, str], tuple[str, np.ndarray, np.ndarray]]:
     """Group `lora_A`/`lora_B` by (block index, PEFT module name).
@@ -516,9 +434,9 @@ def _checked_layer(backbone, index, keras_name, peft_name, lora_a, lora_b, confi
             f"layers.{index}, but this model has {backbone.num_layers} blocks: it was made "
             "for another base model."
         )
-    layer = _block_layers(backbone, index)[keras_name]
-    kernel_shape = _kernel_shape(layer)
-    out_dim, in_dim = _hf_shape(kernel_shape, KERAS_TO_PEFT[keras_name][2])
+    layer = block_layers(backbone, index)[keras_name]
+    shape = kernel_shape(layer)
+    out_dim, in_dim = hf_shape(shape, KERAS_TO_PEFT[keras_name][2])
     adapter_out, adapter_in = lora_b.shape[0], lora_a.shape[1]
     if (adapter_out, adapter_in) != (out_dim, in_dim):
         raise ModelError(
@@ -526,7 +444,7 @@ def _checked_layer(backbone, index, keras_name, peft_name, lora_a, lora_b, confi
             f"layers.{index}.{peft_name} maps {adapter_in} -> {adapter_out} features "
             f"(lora_A {tuple(lora_a.shape)}, lora_B {tuple(lora_b.shape)}), but this "
             f"model's {peft_name} maps {in_dim} -> {out_dim} (Keras {keras_name} kernel "
-            f"{kernel_shape}, Hugging Face weight [{out_dim}, {in_dim}])."
+            f"{shape}, Hugging Face weight [{out_dim}, {in_dim}])."
         )
     return layer
 
@@ -569,40 +487,3 @@ def _peft_scale(config: dict[str, Any], rank: int, alpha: float) -> float:
 def _module_scale(config: dict[str, Any], module_name: str, rank: int) -> float:
     alpha = _pattern_value(config.get("alpha_pattern"), module_name, config["lora_alpha"])
     return _peft_scale(config, rank, alpha)
-
-
-# === Model structure ===
-
-
-def _gemma3_text_backbone(model: keras.Model, action: str, allow_vision: bool = False):
-    import keras_hub
-
-    backbone = getattr(model, "backbone", model)
-    if not isinstance(backbone, keras_hub.models.Gemma3Backbone):
-        raise ModelError(
-            f"PEFT {action} supports Gemma 3 models; this model's backbone is "
-            f"{type(backbone).__name__}."
-        )
-    if not allow_vision and getattr(backbone, "vision_encoder", None) is not None:
-        raise ModelError(
-            "PEFT export supports text-only Gemma 3 models (Gemma3ForCausalLM); this one "
-            "has a vision encoder."
-        )
-    return backbone
-
-
-def _kernel_shape(layer: keras.layers.Layer) -> tuple[int, ...]:
-    """The logical kernel shape (int4-quantized kernels are stored packed)."""
-    if getattr(layer, "quantization_mode", None) == "int4":
-        return tuple(layer.original_kernel_shape)
-    return tuple(layer.kernel.shape)
-
-
-def _block_layers(backbone: keras.Model, index: int) -> dict[str, keras.layers.Layer]:
-    """The adaptable layers of decoder block `index`, by Keras name."""
-    block = backbone.get_layer(f"decoder_block_{index}")
-    return {
-        layer.name: layer
-        for layer in block._flatten_layers(include_self=False)
-        if layer.name in KERAS_TO_PEFT
-    }

@@ -12,18 +12,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib.pyplot as plt
+import ml_dtypes  # noqa: F401  (lets numpy name bfloat16)
+import numpy as np
 
-from gemma_lora import distribution
+from gemma_lora import parallel
 from gemma_lora.config import RunConfig
-from gemma_lora.evaluate import Evaluation
+from gemma_lora.tasks.evaluation import Evaluation
 from gemma_lora.io_utils import write_json_atomic
 
 if TYPE_CHECKING:
-    from gemma_lora.classify import ClassificationEvaluation
+    from gemma_lora.tasks.classification import ClassificationEvaluation
 
+CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 LOSS_PLOT_FILE = "loss_curves.png"
 CONFUSION_PLOT_FILE = "confusion_matrices.png"
+
+
+def write_config(config: RunConfig) -> Path:
+    """Write the run's parameters to `run_dir/config.json` (process 0 only, on several hosts).
+
+    Args:
+        config: the run's parameters.
+
+    Returns:
+        The path of `config.json`.
+    """
+    path = Path(config.run_dir) / CONFIG_FILE
+    if parallel.is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config.save(path)
+    return path
 
 
 def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
@@ -40,7 +59,7 @@ def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
     >>> write_metrics(config, {"tuned": {"exact_match": 0.9}})
     """
     path = Path(config.run_dir) / METRICS_FILE
-    if distribution.is_writer():  # process 0 only, on a multi-host run
+    if parallel.is_writer():  # process 0 only, on a multi-host run
         write_json_atomic(path, {**config.to_dict(), "results": results})
     return path
 
@@ -75,7 +94,7 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike) -> plt.Figure
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    if distribution.is_writer():
+    if parallel.is_writer():
         figure.savefig(path, dpi=110)
     return figure
 
@@ -155,9 +174,6 @@ def base_weights_bytes(model) -> int:
     Returns:
         The size of the base model's weights in bytes.
     """
-    import ml_dtypes  # noqa: F401  (lets numpy name bfloat16)
-    import numpy as np
-
     return sum(
         int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
         for w in model.weights if "lora_kernel" not in w.path
@@ -211,8 +227,6 @@ def plot_confusion_matrices(
     Example:
     >>> plot_confusion_matrices({"base": baseline, "tuned": tuned}, "runs/x/confusion.png")  # doctest: +SKIP
     """
-    import numpy as np
-
     size = 1.2 + 0.9 * len(next(iter(evaluations.values())).labels)
     figure, axes = plt.subplots(1, len(evaluations), figsize=(size * len(evaluations) + 1, size + 0.6),
                                 squeeze=False)
@@ -231,7 +245,7 @@ def plot_confusion_matrices(
             axis.text(column, row, f"{count}\n{shares[row, column]:.0%}", ha="center", va="center",
                       color="white" if shares[row, column] > 0.5 else "black", fontsize=9)
     figure.tight_layout()
-    if distribution.is_writer():
+    if parallel.is_writer():
         figure.savefig(path, dpi=110)
     return figure
 

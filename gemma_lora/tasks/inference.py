@@ -18,7 +18,8 @@ from typing import Sequence
 import keras_hub
 
 from gemma_lora import data
-from gemma_lora import evaluate
+from gemma_lora.tasks import evaluation
+from gemma_lora.tasks import generation
 from gemma_lora.errors import DataError
 from gemma_lora.io_utils import write_jsonl_atomic
 
@@ -94,15 +95,15 @@ def timed_generation(
     Returns:
         A `GenerationTiming`.
     """
-    evaluate.generate_responses(model, prompts[:batch_size], max_new_tokens, batch_size)
+    generation.generate_responses(model, prompts[:batch_size], max_new_tokens, batch_size)
     start = time.perf_counter()
-    generations = evaluate.generate_responses(model, prompts, max_new_tokens, batch_size)
+    generations = generation.generate_responses(model, prompts, max_new_tokens, batch_size)
     seconds = time.perf_counter() - start
     token_ids = model.preprocessor.tokenizer(list(generations))
     if hasattr(token_ids, "to_list"):
         token_ids = token_ids.to_list()
     new_tokens = sum(len(ids) + 1 for ids in token_ids)
-    return GenerationTiming([evaluate.extract_answer(text) for text in generations],
+    return GenerationTiming([evaluation.extract_answer(text) for text in generations],
                             seconds, new_tokens)
 
 

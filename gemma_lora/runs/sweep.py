@@ -6,7 +6,7 @@ fine-tuning notebook runs once per rank into `<output>/rank-<r>/`, and the
 comparison notebook runs on those folders into `<output>/compare/`.
 
 Usage:
-    python -m gemma_lora.sweep --ranks "1 2 4 8 16" --output runs/my-sweep \\
+    python -m gemma_lora.runs.sweep --ranks "1 2 4 8 16" --output runs/my-sweep \\
         [--notebook notebooks/01_finetune_gemma_lora.ipynb] [-p max_steps 100 ...]
 """
 

@@ -27,13 +27,13 @@ from typing import Callable
 import keras
 import numpy as np
 
-from gemma_lora import batching
-from gemma_lora import checkpoint
-from gemma_lora import distribution
 from gemma_lora import lora
+from gemma_lora import parallel
 from gemma_lora.config import RunConfig
 from gemma_lora.io_utils import write_text_atomic
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.training import batching
+from gemma_lora.training import checkpoint
+from gemma_lora.training.steps import CompiledSteps
 
 HISTORY_FILE = "history.csv"
 ADAPTER_DIR = "adapter"
@@ -165,9 +165,9 @@ def write_history(history: list[dict], path: str | os.PathLike) -> None:
     Args:
         history: rows with the keys of `HISTORY_FIELDS`.
         path: destination CSV file; on a multi-host run only process 0
-            writes it (`distribution.is_writer`).
+            writes it (`parallel.is_writer`).
     """
-    if not distribution.is_writer():
+    if not parallel.is_writer():
         return
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
@@ -208,7 +208,7 @@ def train(
         A `TrainResult`.
 
     Example:
-    >>> enable_lora(model, rank=8)
+    >>> enable_lora(model, LoraConfig(rank=8))
     >>> result = train(model, RunConfig(max_steps=100), train_ex, val_ex)
     """
     run_dir = Path(config.run_dir)
@@ -236,9 +236,9 @@ def train(
         progress = _Progress([{"step": 0, "loss": None, "learning_rate": 0.0,
                                "val_loss": initial}], best_val_loss=initial,
                              best_values=steps.trainable_values())
-        lora.save_adapter(model, run_dir / ADAPTER_DIR, config.preset)
+        lora.save_adapter(model, run_dir / ADAPTER_DIR, config.preset, template=config.template)
         log(f"Training {total_steps} steps of {config.batch_size} examples"
-            f"{distribution.batch_summary(config.batch_size)}; validation every "
+            f"{parallel.batch_summary(config.batch_size)}; validation every "
             f"{config.eval_every} steps (before training: val_loss {initial:.4f}).")
     first_step = progress.step + 1
     batches = batching.training_batches(train_split, config.batch_size, config.seed,
@@ -288,7 +288,7 @@ def _resume(config: RunConfig, fingerprint: dict, steps: CompiledSteps,
             log: Callable[[str], None]) -> _Progress | None:
     """Load the newest checkpoint when resuming; start clean otherwise."""
     if not config.resume:
-        if distribution.is_writer():
+        if parallel.is_writer():
             shutil.rmtree(Path(config.run_dir) / checkpoint.CHECKPOINTS_DIR, ignore_errors=True)
         return None
     folder = checkpoint.latest(config.run_dir)
@@ -313,7 +313,8 @@ def _evaluate(progress: _Progress, val_loss: float, steps: CompiledSteps,
         progress.best_values = steps.trainable_values()
         progress.evals_without_improvement = 0
         steps.write_back()
-        lora.save_adapter(model, Path(config.run_dir) / ADAPTER_DIR, config.preset)
+        lora.save_adapter(model, Path(config.run_dir) / ADAPTER_DIR, config.preset,
+                          template=config.template)
     else:
         progress.evals_without_improvement += 1
     return improved

@@ -13,7 +13,7 @@ next to the LoRA weights, as `head.safetensors`.
 
 Example:
 >>> model = load_text_classifier("distil_bert_base_en_uncased", num_classes=2)  # doctest: +SKIP
->>> lora.enable_lora(model, rank=8)  # doctest: +SKIP
+>>> lora.enable_lora(model, lora.LoraConfig(rank=8))  # doctest: +SKIP
 >>> result = train_text_classifier(model, config, train_records, val_records, labels)  # doctest: +SKIP
 """
 
@@ -35,7 +35,7 @@ from safetensors.numpy import save_file
 
 from gemma_lora import data
 from gemma_lora import lora
-from gemma_lora import train
+from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ModelError
 
@@ -198,7 +198,7 @@ class _TrainingMonitor(keras.callbacks.Callback):
     that is what the history's `loss` column holds on this path.
     """
 
-    def __init__(self, config: RunConfig, schedule: train.WarmupDecay, total_steps: int,
+    def __init__(self, config: RunConfig, schedule: training.WarmupDecay, total_steps: int,
                  first_val_loss: float, log: Callable[[str], None]):
         super().__init__()
         self.config = config
@@ -225,13 +225,13 @@ class _TrainingMonitor(keras.callbacks.Callback):
         if improved:
             self.best_val_loss, self.best_step = row["val_loss"], row["step"]
             self.best_values = [np.asarray(w.value) for w in self.model.trainable_weights]
-            adapter_dir = lora.save_adapter(self.model, Path(self.config.run_dir) / train.ADAPTER_DIR,
+            adapter_dir = lora.save_adapter(self.model, Path(self.config.run_dir) / training.ADAPTER_DIR,
                                             self.config.preset)
             save_head(self.model, adapter_dir)
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
-        train.write_history(self.history, Path(self.config.run_dir) / train.HISTORY_FILE)
+        training.write_history(self.history, Path(self.config.run_dir) / training.HISTORY_FILE)
         self.log(f"step {row['step']:>5} | loss {row['loss']:.4f} | val_loss "
                  f"{row['val_loss']:.4f}{' *' if improved else ''}")
         if self.evals_without_improvement > self.config.patience:
@@ -247,7 +247,7 @@ def train_text_classifier(
     validation_records: Sequence[data.Record],
     labels: Sequence[str],
     log: Callable[[str], None] = print,
-) -> train.TrainResult:
+) -> training.TrainResult:
     """Fine-tune a LoRA-enabled text classifier and keep the best adapter.
 
     Args:
@@ -260,7 +260,7 @@ def train_text_classifier(
         log: where progress lines go.
 
     Returns:
-        A `train.TrainResult`; `history.csv` and `adapter/` (LoRA weights and
+        A `training.TrainResult`; `history.csv` and `adapter/` (LoRA weights and
         `head.safetensors`) are in `config.run_dir`.
 
     Example:
@@ -278,10 +278,10 @@ def train_text_classifier(
 
     Path(config.run_dir).mkdir(parents=True, exist_ok=True)
     total_steps = config.training_steps(len(train_records))
-    schedule = train.WarmupDecay(config.learning_rate, config.warmup_steps, total_steps,
-                                 config.lr_schedule)
+    schedule = training.WarmupDecay(config.learning_rate, config.warmup_steps, total_steps,
+                                    config.lr_schedule)
     model.compile(
-        optimizer=train.make_optimizer(config, total_steps),
+        optimizer=training.make_optimizer(config, total_steps),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     validation = dataset(validation_records).batch(config.eval_batch_size)
@@ -290,15 +290,15 @@ def train_text_classifier(
     log(f"Training {total_steps} steps of {config.batch_size} examples; validation every "
         f"{config.eval_every} steps (before training: val_loss {first_val_loss:.4f}).")
     monitor = _TrainingMonitor(config, schedule, total_steps, first_val_loss, log)
-    training = (dataset(train_records).shuffle(len(train_records), seed=config.seed)
-                .repeat().batch(config.batch_size, drop_remainder=True))
-    model.fit(training, validation_data=validation, steps_per_epoch=config.eval_every,
+    batches = (dataset(train_records).shuffle(len(train_records), seed=config.seed)
+               .repeat().batch(config.batch_size, drop_remainder=True))
+    model.fit(batches, validation_data=validation, steps_per_epoch=config.eval_every,
               epochs=math.ceil(total_steps / config.eval_every), callbacks=[monitor],
               shuffle=False, verbose=0)
     if monitor.best_values is not None:
         for weight, value in zip(model.trainable_weights, monitor.best_values):
             weight.assign(value)
-    return train.TrainResult(
+    return training.TrainResult(
         history=monitor.history,
         best_step=monitor.best_step,
         best_val_loss=monitor.best_val_loss,
@@ -306,5 +306,5 @@ def train_text_classifier(
         stopped_early=monitor.stopped_early,
         diverged_at=None,
         seconds=time.perf_counter() - start,
-        adapter_dir=Path(config.run_dir) / train.ADAPTER_DIR,
+        adapter_dir=Path(config.run_dir) / training.ADAPTER_DIR,
     )

