@@ -141,7 +141,7 @@ class RunConfig:
     validation_fraction: float = 0.05
     test_fraction: float = 0.1
     rank: int = 8
-    alpha: float | None = None
+    alpha: float | None = 32.0
     target_layers: tuple[str, ...] = ("query", "value")
     use_rslora: bool = False
     dropout: float = 0.0
@@ -151,7 +151,7 @@ class RunConfig:
     batch_size: int = 4
     packing: bool = False
     loss_chunk_size: int | None = DEFAULT_LOSS_CHUNK_SIZE
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 10
     lr_schedule: str = "cosine"
@@ -170,7 +170,7 @@ class RunConfig:
     process_id: int | None = None
     max_new_tokens: int = 48
     eval_batch_size: int = 16
-    num_samples: int = 5
+    num_samples: int = 6
     seed: int = 0
     run_dir: str = "runs/manual"
 

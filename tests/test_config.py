@@ -15,8 +15,8 @@ def test_comma_separated_targets_from_papermill():
     assert RunConfig(target_layers="query, value,key").target_layers == ("query", "value", "key")
 
 
-def test_alpha_defaults_to_rank():
-    assert RunConfig(rank=16).lora_alpha == 16.0
+def test_alpha_none_means_rank():
+    assert RunConfig(rank=16, alpha=None).lora_alpha == 16.0
     assert RunConfig(rank=16, alpha=32).lora_alpha == 32.0
 
 
@@ -61,3 +61,32 @@ def test_papermill_text_values_are_parsed_as_json():
     assert config.target_layers == ("decoder_block_(0|1)/.*", "value")
     with pytest.raises(ConfigError, match="data_fields is not valid JSON"):
         RunConfig(data_fields="{input: context}")
+
+
+def _notebook_parameters(name: str) -> dict:
+    import json
+    from pathlib import Path
+
+    notebook = json.loads((Path(__file__).parent.parent / "notebooks" / name).read_text())
+    cell = next(cell for cell in notebook["cells"]
+                if "parameters" in cell.get("metadata", {}).get("tags", []))
+    namespace: dict = {}
+    exec("".join(cell["source"]), namespace)
+    return {key: value for key, value in namespace.items() if not key.startswith("__")}
+
+
+def test_the_default_notebook_trains_with_the_library_defaults():
+    """One default per parameter: notebook 01 and `RunConfig()` are the same run."""
+    from_notebook = RunConfig.from_namespace(_notebook_parameters("01_finetune_gemma_lora.ipynb"))
+    assert from_notebook == RunConfig()
+
+
+def test_the_sentiment_notebook_changes_only_its_task_and_budget():
+    parameters = _notebook_parameters("02_sentiment_classification.ipynb")
+    config, defaults = RunConfig.from_namespace(parameters), RunConfig()
+    changed = {name for name in parameters
+               if hasattr(defaults, name) and getattr(config, name) != getattr(defaults, name)}
+    assert changed == {"data_path", "test_data_path", "instruction", "template",
+                       "validation_fraction", "test_fraction", "alpha", "sequence_length",
+                       "learning_rate", "warmup_steps", "max_steps", "eval_every", "num_samples",
+                       "run_dir"}

@@ -28,6 +28,7 @@ from typing import Any
 import keras_hub
 
 from gemma_lora import data
+from gemma_lora import lora
 from gemma_lora import models
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
@@ -52,7 +53,6 @@ _COPIES_PER_CHECKPOINT = 4
 # Saving the adapter atomically briefly holds the new and the old folder.
 _COPIES_PER_ADAPTER = 2
 _BYTES_PER_WEIGHT = 4  # LoRA weights and optimizer state: float32 at most
-_LORA_VARIABLES = ("lora_kernel_a", "lora_kernel_b")
 # Each held-out split, the parameter that sizes it and what a run uses it for.
 _HELD_OUT_SPLITS = {
     "validation": ("validation_fraction", "the validation loss that picks the best adapter"),
@@ -193,7 +193,7 @@ def required_disk_bytes(config: RunConfig, model: Any) -> int:
     lora_weights = sum(
         math.prod(variable.shape)
         for variable in model.weights
-        if variable.path.rsplit("/", 1)[-1] in _LORA_VARIABLES
+        if variable.path.rsplit("/", 1)[-1] in lora.LORA_VARIABLES
     )
     copies = (config.keep_checkpoints + 1) * _COPIES_PER_CHECKPOINT + _COPIES_PER_ADAPTER
     return MIN_FREE_BYTES + copies * lora_weights * _BYTES_PER_WEIGHT
