@@ -17,9 +17,8 @@ export KERAS_BACKEND := jax
 # Silence TensorFlow's C++ start-up chatter (TF only runs tokenizers and tf.data here).
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup setup-interop test run-notebooks sweep benchmark clean
+.PHONY: setup setup-interop test run-notebooks sweep benchmark wheel clean
 
 setup: $(STAMP)
 
@@ -33,10 +32,14 @@ $(INTEROP_STAMP): $(STAMP) requirements-interop.txt
 	$(PYTHON) -m pip install --quiet -r requirements-interop.txt
 	touch $(INTEROP_STAMP)
 
-$(STAMP): requirements.txt
+# The pinned requirements, then the package itself, editable: `import gemma_lora`
+# works from any folder with .venv's python, and runs the working tree's code.
+# (PYTHONWARNINGS hides setuptools' notice that editable installs are editable.)
+$(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --upgrade pip
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	PYTHONWARNINGS=ignore $(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -66,5 +69,17 @@ sweep: $(STAMP)
 benchmark: $(STAMP)
 	$(PYTHON) benchmarks/train_throughput.py $(ARGS)
 
+# The package as $(DIST)/gemma_lora-<version>-py3-none-any.whl, e.g. to attach to a
+# Kaggle notebook as a dataset (README: "On Kaggle / on Colab"). Its dependencies
+# are ranges without backend pins, so installing it keeps a host's JAX, TensorFlow
+# and Keras. build/ is removed first: setuptools would pack stale modules from it.
+DIST ?= dist
+
+wheel: $(STAMP)
+	rm -rf build $(DIST)/gemma_lora-*.whl
+	$(PYTHON) -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir $(DIST) .
+	rm -rf build
+	@ls $(DIST)/gemma_lora-*.whl
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache build dist

@@ -28,12 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
-# The package is one folder up: `python data/<script>.py` works from anywhere.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from gemma_lora.io_utils import write_jsonl_atomic  # noqa: E402
+from gemma_lora.io_utils import write_jsonl_atomic
 
 SEED = 270
 COUNT = 2500

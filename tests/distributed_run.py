@@ -3,12 +3,12 @@
 JAX fixes its device count when it starts, so the test runs this script in a
 subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=N`.
 
-Usage:
-    python tests/distributed_run.py meshes PRESET WORK_DIR OUT_JSON
+Usage (from the repository root):
+    python -m tests.distributed_run meshes PRESET WORK_DIR OUT_JSON
         (8 devices) a single-device reference run, then the meshes 8×1, 2×4
         and 1×8, each loading PRESET under `parallel.apply` and training
         a few steps into WORK_DIR/<mesh>/.
-    python tests/distributed_run.py host PRESET RUN_DIR OUT_JSON PORT PROCESS_ID
+    python -m tests.distributed_run host PRESET RUN_DIR OUT_JSON PORT PROCESS_ID
         (4 devices per process) one of two processes of a 2×4 multi-host
         run on 127.0.0.1:PORT, training into RUN_DIR (only process 0 writes).
 
@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import keras  # noqa: E402

@@ -5,17 +5,20 @@ monkeypatch, fake `kaggle_secrets` and `google.colab.userdata` modules in
 `sys.modules`, and temporary folders standing in for `/dev`, `/kaggle/input`
 and `/kaggle/working`.
 
-The notebooks' setup cell is run for real: in a fresh virtual environment
-that sees this project's installed packages (as a host's image has JAX,
-TensorFlow and Keras) but not gemma_lora, under simulated Kaggle and Colab
-environments, with pip offline. It must install the wheel that `make wheel`
-builds and leave gemma_lora importable from that environment.
+The notebooks' setup cell (the same in all four, tested) is run for real: in
+a fresh virtual environment that sees this project's installed packages (as a
+host's image has JAX, TensorFlow and Keras) but not gemma_lora, under
+simulated Kaggle and Colab environments, with pip offline. It must install
+the wheel that `make wheel` builds and leave gemma_lora importable from that
+environment. A dry-run install of that wheel into this project's own
+environment must change no installed distribution but gemma-lora itself.
 """
 
 import datetime
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -26,11 +29,13 @@ from pathlib import Path
 
 import pytest
 
+import gemma_lora
 from gemma_lora import hosts
 from gemma_lora.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SETUP_CELL = Path("/tmp/plan/setup_cell.py")
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+SETUP_MARK = "# Setup: the same cell in every notebook."
 SOURCE_LINE = 'GEMMA_LORA_SOURCE = ""'
 FAKE_VALUES = {
     "KAGGLE_USERNAME": "fake-user-3f9a",
@@ -314,21 +319,63 @@ def test_downloads_are_the_top_level_files_with_sizes(tmp_path):
 # === The setup cell, run in a fresh environment under simulated hosts ===
 
 
+def _setup_cells() -> dict[str, str]:
+    """Each notebook's setup cell, by notebook name."""
+    cells = {}
+    for path in NOTEBOOKS:
+        sources = ["".join(cell["source"]) for cell in json.loads(path.read_text())["cells"]
+                   if cell["cell_type"] == "code"]
+        setup = [source for source in sources if source.startswith(SETUP_MARK)]
+        assert len(setup) == 1, f"{path.name}: {len(setup)} setup cells"
+        assert sources.index(setup[0]) == 1, f"{path.name}: the setup cell must follow the parameters"
+        cells[path.name] = setup[0]
+    return cells
+
+
 def _setup_cell() -> str:
-    source = SETUP_CELL.read_text()
+    source = _setup_cells()["01_finetune_gemma_lora.ipynb"]
     assert source.count(SOURCE_LINE) == 1, f"the setup cell must set {SOURCE_LINE} exactly once"
     return source
 
 
+def test_the_four_notebooks_have_the_same_setup_cell_without_a_url():
+    cells = _setup_cells()
+    assert len(cells) == 4
+    assert len(set(cells.values())) == 1, "setup cells differ: " + ", ".join(cells)
+    source = next(iter(cells.values()))
+    assert not re.search(r"[a-z][a-z0-9+.-]*://|www\.|github\.com", source, re.IGNORECASE)
+    for path in NOTEBOOKS:
+        assert "sys.path" not in path.read_text(), f"{path.name} edits sys.path"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel of this project."""
+    """The wheel `make wheel` builds (into a temporary DIST)."""
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(dist), str(REPO)],
-                   check=True, capture_output=True, text=True)
+    completed = subprocess.run(
+        ["make", "--no-print-directory", "-o", ".venv/.installed", "wheel", f"DIST={dist}",
+         f"PYTHON={sys.executable}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
     [built] = dist.glob("gemma_lora-*-py3-none-any.whl")
     return built
+
+
+def test_installing_the_wheel_changes_nothing_but_gemma_lora(wheel, tmp_path):
+    """What pip would do to this project's environment: install gemma-lora, nothing else.
+
+    A host's image has JAX, TensorFlow and Keras as this environment has
+    (other builds of them): the wheel's ranges must be met by what is
+    there, so that pip upgrades, downgrades or adds none of them.
+    """
+    report = tmp_path / "report.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-index",
+         "--disable-pip-version-check", "--report", str(report), str(wheel)],
+        capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    installs = [(item["metadata"]["name"], item["metadata"]["version"])
+                for item in json.loads(report.read_text())["install"]]
+    assert installs == [("gemma-lora", gemma_lora.__version__)]
 
 
 def _host_python(folder: Path) -> Path:
@@ -371,6 +418,9 @@ def _installed_report(completed: subprocess.CompletedProcess, python: Path) -> d
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert Path(report["file"]).is_relative_to(python.parent.parent), report
     assert report["backend"] == "jax"
+    site_packages = Path(report["file"]).parent.parent
+    added = {entry.name for entry in site_packages.iterdir()} - {"host_packages.pth", "__pycache__"}
+    assert added == {"gemma_lora", f"gemma_lora-{report['version']}.dist-info"}  # nothing else
     return report
 
 

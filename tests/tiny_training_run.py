@@ -1,6 +1,6 @@
 """A tiny but real training run, started by tests/test_resume.py in a subprocess.
 
-Usage: python tests/tiny_training_run.py RUN_DIR [--resume] [--pause-in-checkpoint STEP]
+Usage (from the repository root): python -m tests.tiny_training_run RUN_DIR [--resume] [--pause-in-checkpoint STEP]
 
 With --pause-in-checkpoint, the run writes the checkpoint of STEP completely
 under its temporary name, creates RUN_DIR/paused and sleeps before the rename,
@@ -9,11 +9,9 @@ so the test can kill it in the middle of a checkpoint write.
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from gemma_lora import io_utils  # noqa: E402
 from gemma_lora import lora  # noqa: E402
