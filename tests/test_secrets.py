@@ -5,8 +5,11 @@ Kaggle credentials (`KAGGLE_USERNAME`/`KAGGLE_KEY`, `KAGGLE_API_TOKEN`, or
 and huggingface_hub from the environment. These tests set fake values there,
 run notebook 01 under papermill on a tiny local model, and search every byte
 of the run folder and of papermill's output for them (also base64-encoded, as
-an HTTP Basic header would carry them). A control test plants a secret and
-checks that the same search finds it.
+an HTTP Basic header would carry them). On a simulated Kaggle the secrets come
+instead from a fake `kaggle_secrets` client, which the notebook copies into
+its environment; the run folder, its adapter zip included, holds none of them
+either. A control test plants a secret and checks that the same search finds
+it.
 """
 
 import base64
@@ -112,7 +115,14 @@ def tiny_run_inputs(tiny_causal_lm, color_examples, tmp_path):
     return preset, data_path
 
 
-def test_notebook_run_leaves_no_secret(tiny_run_inputs, tmp_path):
+def _run_notebook_01(tiny_run_inputs, tmp_path: Path, environment: dict) -> tuple:
+    """Notebook 01 under papermill on the tiny preset; the run folder and papermill's output.
+
+    Args:
+        tiny_run_inputs: the `tiny_run_inputs` fixture.
+        tmp_path: the test's folder.
+        environment: variables added to the notebook's environment.
+    """
     preset, data_path = tiny_run_inputs
     home = tmp_path / "home"
     (home / ".kaggle").mkdir(parents=True)
@@ -131,15 +141,45 @@ def test_notebook_run_leaves_no_secret(tiny_run_inputs, tmp_path):
                str(run_dir / NOTEBOOK.name), "--cwd", str(REPO)]
     for name, value in parameters.items():
         command += ["-p", name, str(value)]
+    inherited = {name: value for name, value in os.environ.items() if name not in FAKE_SECRETS}
     env = {
-        **os.environ, **FAKE_SECRETS, "HOME": str(home), "KERAS_BACKEND": "jax",
-        "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "GEMMA_LORA_CACHE": str(tmp_path / "cache"),
+        **inherited, "HOME": str(home), "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GEMMA_LORA_CACHE": str(tmp_path / "cache"), **environment,
     }
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (run_dir / NOTEBOOK.name).is_file() and (run_dir / "metrics.json").is_file()
     assert (run_dir / "adapter").is_dir() and (run_dir / "config.json").is_file()
+    return run_dir, completed
+
+
+def test_notebook_run_leaves_no_secret(tiny_run_inputs, tmp_path):
+    run_dir, completed = _run_notebook_01(tiny_run_inputs, tmp_path, FAKE_SECRETS)
+    leaks = find_secrets(run_dir, {"papermill stdout": completed.stdout,
+                                   "papermill stderr": completed.stderr})
+    assert leaks == []
+
+
+def test_notebook_on_kaggle_copies_the_secrets_and_leaves_none(tiny_run_inputs, tmp_path):
+    """Simulated Kaggle: the secrets come from a fake `kaggle_secrets` client, not the environment."""
+    client = tmp_path / "kaggle_client"
+    client.mkdir()
+    (client / "kaggle_secrets.py").write_text(
+        "import json\n"
+        f"_SECRETS = json.loads({json.dumps(json.dumps(FAKE_SECRETS))})\n\n\n"
+        "class UserSecretsClient:\n"
+        "    def get_secret(self, label):\n"
+        "        if label not in _SECRETS:\n"
+        "            raise RuntimeError(f'Unexpected response from the service for {label}')\n"
+        "        return _SECRETS[label]\n"
+    )
+    kaggle = {"KAGGLE_KERNEL_RUN_TYPE": "Interactive", "PYTHONPATH": f"{client}{os.pathsep}{REPO}"}
+    run_dir, completed = _run_notebook_01(tiny_run_inputs, tmp_path, kaggle)
+    outputs = json.dumps(json.loads((run_dir / NOTEBOOK.name).read_text())["cells"])
+    assert ("Copied KAGGLE_USERNAME, KAGGLE_KEY, KAGGLE_API_TOKEN, HF_TOKEN from the Kaggle "
+            "secrets.") in outputs
+    assert (run_dir / "adapter.zip").is_file() and "Files to download from" in outputs
     leaks = find_secrets(run_dir, {"papermill stdout": completed.stdout,
                                    "papermill stderr": completed.stderr})
     assert leaks == []
