@@ -15,12 +15,13 @@ elsewhere (a laptop, `make run-notebooks`, CI):
 - `zip_folder` and `downloads_message` end a run with one `.zip` per adapter
   and the list of files to download.
 
-Example:
->>> host = detect_host()
->>> run_dir = default_run_dir("runs/manual", shipped="runs/manual", host=host)
->>> copied = copy_host_secrets(host)
->>> print(check_accelerator(host))
-JAX 0.10.2 on cpu: 1 x cpu
+Example (a notebook's imports cell)::
+
+    host = hosts.detect_host()
+    if copied := hosts.copy_host_secrets(host):
+        print(hosts.secrets_message(host, copied))
+    print(hosts.check_accelerator(host))  # e.g. "JAX 0.10.2 on tpu: 8 x TPU v5 lite"
+    run_dir = hosts.default_run_dir(run_dir, "runs/manual", host)
 """
 
 from __future__ import annotations
@@ -160,9 +161,9 @@ def copy_host_secrets(
     Returns:
         The names copied, in the order of `names`.
 
-    Example:
-    >>> copy_host_secrets("kaggle")
-    ('KAGGLE_USERNAME', 'KAGGLE_KEY')
+    Example (on Kaggle, with two of the secrets attached)::
+
+        copy_host_secrets("kaggle")  # ('KAGGLE_USERNAME', 'KAGGLE_KEY')
     """
     environ = os.environ if environ is None else environ
     wanted = [name for name in names if not environ.get(name)]
@@ -337,9 +338,10 @@ def zip_folder(folder: str | os.PathLike) -> Path:
     Raises:
         ConfigError: `folder` is not a folder.
 
-    Example:
-    >>> zip_folder("runs/manual/adapter")
-    PosixPath('runs/manual/adapter.zip')
+    Example::
+
+        zip_folder("/kaggle/working/runs/20260501-093005/adapter")
+        # PosixPath('/kaggle/working/runs/20260501-093005/adapter.zip')
     """
     folder = Path(folder)
     if not folder.is_dir():

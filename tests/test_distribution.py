@@ -146,8 +146,28 @@ def _fake_devices(monkeypatch, count: int, hosts: int) -> None:
 
 def test_auto_data_parallel_checks_the_batch_size_against_the_devices(monkeypatch):
     _fake_devices(monkeypatch, 8, hosts=1)
-    with pytest.raises(ConfigError, match="batch_size=4 cannot be split across data_parallel=8"):
-        parallel.apply(RunConfig(batch_size=4))
+    with pytest.raises(ConfigError, match=r"batch_size=4 cannot be split across data_parallel=8 "
+                                          r"devices.*Use a multiple of 8 \(e.g. 8\)"):
+        parallel.apply(RunConfig(batch_size=4, model_parallel=1))
+
+
+@pytest.mark.parametrize("batch_size, devices, expected", [
+    (4, 8, (4, 2)),   # Kaggle's TPU v5e-8 with the notebooks' default batch
+    (6, 8, (2, 4)),
+    (3, 8, (1, 8)),
+    (8, 8, (8, 1)),
+    (16, 8, (8, 1)),
+    (4, 1, (1, 1)),
+])
+def test_auto_mesh_puts_on_the_data_axis_what_the_batch_splits_across(batch_size, devices, expected):
+    assert parallel.mesh_shape("auto", "auto", devices, "tpu", batch_size) == expected
+
+
+def test_auto_mesh_that_would_span_hosts_names_the_batch_size_to_set(monkeypatch):
+    _fake_devices(monkeypatch, 8, hosts=2)
+    with pytest.raises(ConfigError, match=r"batch_size=1 cannot be split across data_parallel=8 "
+                                          r"devices.*Use a multiple of 8 \(e.g. 8\)"):
+        parallel.apply(RunConfig(batch_size=1))
 
 
 def test_model_axis_must_stay_within_one_host(monkeypatch):
@@ -277,6 +297,23 @@ def tiny_preset(tmp_path_factory, tiny_tokenizer_proto):
     model = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, num_layers=1, hidden_dim=128)
     model.save_to_preset(str(folder))
     return folder
+
+
+def test_auto_mesh_with_a_batch_the_devices_do_not_divide_runs_and_says_so(tiny_preset):
+    script = ("from gemma_lora import parallel\n"
+              "from gemma_lora.config import RunConfig\n"
+              f"shape = parallel.apply(RunConfig(preset={str(tiny_preset)!r}, batch_size=4))\n"
+              "print((shape.data_parallel, shape.model_parallel))\n")
+    completed = subprocess.run([sys.executable, "-c", script], env=simulated_devices(8),
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines() == [
+        "8 cpu devices: data_parallel=4 × model_parallel=2; batch_size 4 = 1 per device.",
+        'data_parallel="auto": batch_size=4 does not split across 8 cpu devices, so 4 model '
+        "replicas of 2 devices each (model_parallel=2). For data parallelism alone, set "
+        "batch_size to a multiple of 8.",
+        "(4, 2)",
+    ]
 
 
 def _free_port() -> int:

@@ -53,7 +53,8 @@ class MeshShape:
 
 
 def mesh_shape(data_parallel: int | str, model_parallel: int | str,
-               device_count: int, platform: str = "") -> tuple[int, int]:
+               device_count: int, platform: str = "",
+               batch_size: int | None = None) -> tuple[int, int]:
     """Resolve `"auto"` sizes and check that the mesh uses every device once.
 
     Args:
@@ -61,10 +62,15 @@ def mesh_shape(data_parallel: int | str, model_parallel: int | str,
         model_parallel: devices on the model axis, or `"auto"`.
         device_count: the devices available.
         platform: their platform (`"tpu"`), named in error messages.
+        batch_size: the global batch; when given and both sizes are
+            `"auto"`, the data axis gets only as many devices as split it
+            evenly, and the model axis the rest.
 
     Returns:
         `(data_parallel, model_parallel)` with product `device_count`;
-        both `"auto"` put every device on the data axis.
+        both `"auto"` put every device on the data axis, or, when that many
+        do not divide `batch_size`, `gcd(batch_size, device_count)` of them
+        (e.g. batch 4 on 8 devices: 4 × 2).
 
     Raises:
         ConfigError: the sizes do not multiply to `device_count`.
@@ -72,10 +78,13 @@ def mesh_shape(data_parallel: int | str, model_parallel: int | str,
     Example:
     >>> mesh_shape("auto", 4, device_count=8)
     (2, 4)
+    >>> mesh_shape("auto", "auto", device_count=8, batch_size=4)
+    (4, 2)
     """
     if model_parallel == "auto":
         if data_parallel == "auto":
-            return device_count, 1
+            data = device_count if batch_size is None else math.gcd(batch_size, device_count)
+            return data, device_count // data
         _check_divides("data_parallel", data_parallel, device_count, platform)
         return data_parallel, device_count // data_parallel
     if data_parallel == "auto":
@@ -160,15 +169,28 @@ def apply(config: RunConfig, log: Callable[[str], None] = print) -> MeshShape:
             the architecture has no layout map; the message names the
             parameter.
 
-    Example:
-    >>> apply(RunConfig(batch_size=8, model_parallel=4))
-    8 tpu devices: data_parallel=2 × model_parallel=4; batch_size 8 = 4 per device.
+    With both sizes `"auto"` and a `batch_size` that the devices do not
+    divide, the data axis takes `gcd(batch_size, devices)` of them and the
+    model axis the rest, and a second line says so.
+
+    Example (on a TPU v5e-8)::
+
+        apply(RunConfig(batch_size=8, model_parallel=4))
+        # 8 tpu devices: data_parallel=2 × model_parallel=4; batch_size 8 = 4 per device.
+        apply(RunConfig(batch_size=4))
+        # 8 tpu devices: data_parallel=4 × model_parallel=2; batch_size 4 = 1 per device.
+        # data_parallel="auto": batch_size=4 does not split across 8 tpu devices, so 4 model
+        # replicas of 2 devices each (model_parallel=2). For data parallelism alone, set
+        # batch_size to a multiple of 8.
     """
     initialize_multi_host(config, log)
     devices = _ordered_devices()
     data, model = mesh_shape(config.data_parallel, config.model_parallel, len(devices),
-                             devices[0].platform)
+                             devices[0].platform, config.batch_size)
     check_batch_size(config.batch_size, data)
+    chose_model_axis = config.data_parallel == config.model_parallel == "auto" and model > 1
+    if chose_model_axis and jax.process_count() > 1 and jax.local_device_count() % model:
+        check_batch_size(config.batch_size, len(devices))  # raises, naming the batch size to set
     if jax.process_count() > 1 and jax.local_device_count() % model:
         raise ConfigError(
             f"model_parallel={model} must divide the {jax.local_device_count()} devices of "
@@ -186,4 +208,9 @@ def apply(config: RunConfig, log: Callable[[str], None] = print) -> MeshShape:
         distribution = GemmaModelParallel(mesh, layout_rules(backbone_class(config.preset), mesh))
     keras.distribution.set_distribution(distribution)
     log(f"{shape}; batch_size {config.batch_size} = {config.batch_size // data} per device.")
+    if chose_model_axis:
+        log(f'data_parallel="auto": batch_size={config.batch_size} does not split across '
+            f"{_devices(len(devices), shape.platform)}, so {data} model replicas of {model} devices "
+            f"each (model_parallel={model}). For data parallelism alone, set batch_size to a "
+            f"multiple of {len(devices)}.")
     return shape
