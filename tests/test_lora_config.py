@@ -1,5 +1,6 @@
 """`LoraConfig`: validation, one meaning of alpha, and the adapter config it is saved in."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -43,8 +44,9 @@ def _randomize(model, seed=0):
 def test_scale_is_alpha_over_rank_or_over_its_square_root():
     assert LoraConfig(rank=4, alpha=8).scale == 2.0
     assert LoraConfig(rank=4, alpha=8, use_rslora=True).scale == 4.0
-    assert LoraConfig(rank=16).scale == 1.0  # alpha None means alpha = rank
-    assert LoraConfig(rank=16, use_rslora=True).scale == 4.0
+    assert LoraConfig(rank=16, alpha=None).scale == 1.0  # alpha None means alpha = rank
+    assert LoraConfig(rank=16, alpha=None, use_rslora=True).scale == 4.0
+    assert LoraConfig(rank=8).scale == RunConfig().alpha / 8  # RunConfig's default alpha
     config = LoraConfig(rank=4, alpha=8, use_rslora=True, rank_pattern={".*/key": 16})
     assert config.rank_for("decoder_block_0/attention/key") == 16
     assert config.rank_for("decoder_block_0/attention/query") == 4
@@ -53,6 +55,9 @@ def test_scale_is_alpha_over_rank_or_over_its_square_root():
 
 def test_defaults_and_from_run_match_run_config():
     assert LoraConfig.from_run(RunConfig()) == LoraConfig()  # one default per parameter
+    for field in dataclasses.fields(LoraConfig):
+        assert field.metadata["help"]
+        assert getattr(LoraConfig(), field.name) == getattr(RunConfig(), field.name)
     run = RunConfig(rank=4, alpha=16, target_layers="query,key", use_rslora=True, dropout=0.1,
                     rank_pattern='{".*/key": 8}')
     assert LoraConfig.from_run(run) == LoraConfig(
@@ -114,6 +119,7 @@ def test_bad_patterns_are_refused_on_creation(kwargs, message):
 ROUND_TRIPS = [
     LoraConfig(rank=4, alpha=8),
     LoraConfig(rank=2),
+    LoraConfig(rank=2, alpha=None),
     LoraConfig(rank=4, alpha=8, target_layers=("decoder_block_1/attention/(query|key)", "ffw_linear"),
                use_rslora=True, dropout=0.1, rank_pattern={".*/key": 8, "decoder_block_0/.*": 2}),
     LoraConfig(rank=3, alpha=5.5, target_layers="all-linear", use_rslora=True),

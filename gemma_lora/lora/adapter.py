@@ -85,16 +85,15 @@ def save_adapter(
     >>> import tempfile
     >>> from gemma_lora.lora.config import LoraConfig
     >>> from gemma_lora.lora.layers import enable_lora
-    >>> from gemma_lora.testing import build_tiny_gemma3, train_tiny_tokenizer
-    >>> proto = train_tiny_tokenizer(["Water boils at 100 degrees."] * 50, 300)
-    >>> model = build_tiny_gemma3(proto)
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
     >>> _ = enable_lora(model, LoraConfig(rank=2, alpha=4, use_rslora=True))
     >>> folder = save_adapter(model, tempfile.mkdtemp() + "/adapter", template="alpaca")
     >>> LoraConfig.from_adapter(folder)
     LoraConfig(rank=2, alpha=4, target_layers=('query', 'value'), use_rslora=True, dropout=0.0, rank_pattern=None)
-    >>> fresh = build_tiny_gemma3(proto)
-    >>> print(load_adapter(fresh, folder))
-    trainable params: 512 || all params: 28,896 || trainable%: 1.7719 || LoRA layers: 4
+    >>> fresh = tiny_causal_lm()
+    >>> sorted(load_adapter(fresh, folder).lora_layers)
+    ['decoder_block_0/attention/query', 'decoder_block_0/attention/value', 'decoder_block_1/attention/query', 'decoder_block_1/attention/value']
     """
     lora_config = model_lora_config(model)  # raises without LoRA layers
     config = {

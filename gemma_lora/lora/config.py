@@ -59,6 +59,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT_VERSION = 1
 # `target_layers` entry selecting every Dense/EinsumDense layer of the backbone.
 ALL_LINEAR = "all-linear"
+# One default per parameter: a LoraConfig field defaults to the RunConfig field's value.
+_RUN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(RunConfig)}
 
 
 # === Config ===
@@ -68,7 +70,7 @@ ALL_LINEAR = "all-linear"
 class LoraConfig:
     """Which layers get LoRA, of which rank and scale: PEFT's `LoraConfig` for Keras.
 
-    Validated on creation; the field names are `RunConfig`'s (`rank` is
+    Validated on creation; the field names and defaults are `RunConfig`'s (`rank` is
     PEFT's `r`, `alpha` its `lora_alpha`, `target_layers` its
     `target_modules`, `dropout` its `lora_dropout`), and each layer's update
     `A @ B` is scaled by `alpha / rank`, or `alpha / sqrt(rank)` with
@@ -101,6 +103,8 @@ class LoraConfig:
     2.0
     >>> LoraConfig(rank=16, alpha=16, use_rslora=True).scale
     4.0
+    >>> LoraConfig(rank=16, alpha=None).scale  # alpha = rank
+    1.0
     >>> LoraConfig.from_dict(config.to_dict()) == config
     True
     >>> LoraConfig(rank=8, rank_pattern={"x": "big"})
@@ -110,18 +114,23 @@ class LoraConfig:
     """
 
     rank: int = dataclasses.field(
-        default=8, metadata={"help": "Rank r of each LoRA update A @ B (PEFT's r)."})
+        default=_RUN_DEFAULTS["rank"],
+        metadata={"help": "Rank r of each LoRA update A @ B (PEFT's r)."})
     alpha: float | None = dataclasses.field(
-        default=None, metadata={"help": "Scale numerator (PEFT's lora_alpha); None means rank."})
+        default=_RUN_DEFAULTS["alpha"],
+        metadata={"help": "Scale numerator (PEFT's lora_alpha); None means rank."})
     target_layers: tuple[str, ...] = dataclasses.field(
-        default=("query", "value"),
+        default=_RUN_DEFAULTS["target_layers"],
         metadata={"help": "Layer names, full-path regular expressions, or 'all-linear'."})
     use_rslora: bool = dataclasses.field(
-        default=False, metadata={"help": "Scale by alpha / sqrt(rank) instead of alpha / rank."})
+        default=_RUN_DEFAULTS["use_rslora"],
+        metadata={"help": "Scale by alpha / sqrt(rank) instead of alpha / rank."})
     dropout: float = dataclasses.field(
-        default=0.0, metadata={"help": "Dropout on the LoRA branch's inputs while training."})
+        default=_RUN_DEFAULTS["dropout"],
+        metadata={"help": "Dropout on the LoRA branch's inputs while training."})
     rank_pattern: dict[str, int] | None = dataclasses.field(
-        default=None, metadata={"help": "{path pattern: rank} overriding rank per layer."})
+        default=_RUN_DEFAULTS["rank_pattern"],
+        metadata={"help": "{path pattern: rank} overriding rank per layer."})
 
     def __post_init__(self) -> None:
         if isinstance(self.target_layers, str):

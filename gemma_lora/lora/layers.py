@@ -128,10 +128,13 @@ def enable_lora(model: keras.Model, lora_config: LoraConfig) -> ParameterSummary
             already has LoRA. Nothing is changed then.
 
     Example:
-    >>> from gemma_lora.testing import build_tiny_gemma3, train_tiny_tokenizer
-    >>> model = build_tiny_gemma3(train_tiny_tokenizer(["Water boils at 100 degrees."] * 50, 300))
-    >>> print(enable_lora(model, LoraConfig(rank=2, alpha=4, target_layers="all-linear")))
-    trainable params: 2,112 || all params: 30,496 || trainable%: 6.9255 || LoRA layers: 14
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> summary = enable_lora(model, LoraConfig(rank=2, alpha=4, target_layers="all-linear"))
+    >>> summary.trainable, len(summary.lora_layers)  # 7 projections in each of 2 blocks
+    (2112, 14)
+    >>> print(summary)
+    trainable params: 2,112 || all params: ... || LoRA layers: 14
     """
     if not isinstance(lora_config, LoraConfig):
         raise ConfigError(
@@ -196,8 +199,8 @@ LORA_CONFIG_ATTRIBUTE = "gemma_lora_lora_config"
 
 
 def set_model_lora_config(model: keras.Model, lora_config: LoraConfig) -> None:
-    """Keep `lora_config` with the model (on its backbone), for `model_lora_config`."""
-    setattr(_backbone(model), LORA_CONFIG_ATTRIBUTE, lora_config)
+    """Keep a copy of `lora_config` with the model (on its backbone), for `model_lora_config`."""
+    setattr(_backbone(model), LORA_CONFIG_ATTRIBUTE, dataclasses.replace(lora_config))
 
 
 def model_lora_config(model: keras.Model) -> LoraConfig:
