@@ -21,6 +21,7 @@ from gemma_lora.validation import check_fraction
 from gemma_lora.validation import check_int
 from gemma_lora.validation import check_positive
 from gemma_lora.validation import check_rank_pattern
+from gemma_lora.validation import check_sampling
 
 DTYPES = ("float32", "bfloat16", "mixed_bfloat16")
 LR_SCHEDULES = ("cosine", "linear", "constant")
@@ -119,6 +120,12 @@ class RunConfig:
         process_id: this process's index, 0 to `num_processes - 1`.
         max_new_tokens: generation budget per test example.
         eval_batch_size: examples per batch when evaluating and generating.
+        temperature: sampling temperature of generation outside the
+            evaluation (notebook 04, `generate_responses`); 0 decodes
+            greedily. The evaluation is always greedy.
+        top_k: when sampling, only among the `top_k` most likely tokens.
+        top_p: when sampling, only among the most likely tokens that
+            together hold probability `top_p`.
         num_samples: side-by-side sample generations shown in the report.
         seed: seed for the split, shuffling and LoRA initialisation.
         run_dir: folder where this run writes everything.
@@ -170,6 +177,9 @@ class RunConfig:
     process_id: int | None = None
     max_new_tokens: int = 48
     eval_batch_size: int = 16
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
     num_samples: int = 6
     seed: int = 0
     run_dir: str = "runs/manual"
@@ -201,6 +211,7 @@ class RunConfig:
         if self.loss_chunk_size is not None:
             check_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
         check_bool("resume", self.resume)
+        check_sampling(self.temperature, self.top_k, self.top_p)
         check_fraction("dropout", self.dropout)
         check_positive("learning_rate", self.learning_rate)
         check_positive("epochs", self.epochs)
@@ -241,7 +252,7 @@ class RunConfig:
         return self.checkpoint_every or self.eval_every
 
     @property
-    def lora_alpha(self) -> float:
+    def effective_alpha(self) -> float:
         """The effective alpha: `alpha`, or `rank` when alpha is unset."""
         return float(self.rank if self.alpha is None else self.alpha)
 

@@ -32,7 +32,8 @@ from safetensors.numpy import load_file  # noqa: E402
 from gemma_lora import parallel  # noqa: E402
 from gemma_lora import lora  # noqa: E402
 from gemma_lora import models  # noqa: E402
-from gemma_lora import training  # noqa: E402
+from gemma_lora import training
+from gemma_lora.training import loop  # noqa: E402
 from gemma_lora.config import RunConfig  # noqa: E402
 from tests.conftest import _color_examples  # noqa: E402
 
@@ -78,12 +79,12 @@ def tiny_run(preset: str, run_dir: str, mesh: tuple | None, **multi_host) -> dic
     keras.utils.set_random_seed(0)  # the same LoRA initialisation in every run
     lora.enable_lora(model, lora.LoraConfig.from_run(config))
     optimizers = []
-    make_optimizer = training.make_optimizer
-    training.make_optimizer = lambda *args: optimizers.append(make_optimizer(*args)) or optimizers[0]
+    make_optimizer = loop.make_optimizer  # the loop's own reference, to keep the optimizer
+    loop.make_optimizer = lambda *args: optimizers.append(make_optimizer(*args)) or optimizers[0]
     try:
         result = training.train(model, config, examples["train"], examples["validation"])
     finally:
-        training.make_optimizer = make_optimizer
+        loop.make_optimizer = make_optimizer
     slots = {v.path.split("/")[-1]: spec(v.value) for v in optimizers[0].variables
              if v.path.split("/")[-1] in WATCHED_SLOTS}
     weights = {v.path: v for v in model.backbone.weights}

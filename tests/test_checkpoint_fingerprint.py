@@ -17,9 +17,9 @@ OTHER_VALUES = {
     "data_fields": {"output": "answer"}, "data_categories": ["open_qa"],
     "test_data_path": "data/sentiment_test.jsonl", "instruction": "Classify.",
     "template": "gemma_chat", "validation_fraction": 0.1, "test_fraction": 0.2, "rank": 16,
-    "alpha": 32.0, "target_layers": ["query"], "use_rslora": True, "dropout": 0.1,
+    "alpha": 16.0, "target_layers": ["query"], "use_rslora": True, "dropout": 0.1,
     "rank_pattern": {"decoder_block_1/.*": 4}, "quantize": "int8", "sequence_length": 256,
-    "batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.0, "warmup_steps": 5,
+    "batch_size": 8, "learning_rate": 5e-4, "weight_decay": 0.0, "warmup_steps": 5,
     "lr_schedule": "linear", "gradient_clip_norm": 0.5, "max_steps": 300, "epochs": 2.0,
     "eval_every": 10, "patience": 5, "seed": 1,
 }
@@ -70,7 +70,7 @@ def test_fields_that_cannot_change_training_do_not_block_a_resume(saved_checkpoi
              "reference_preset": "gemma3_1b", "max_new_tokens": 8, "eval_batch_size": 2,
              "num_samples": 1, "packing": True, "loss_chunk_size": 64, "data_parallel": 1,
              "model_parallel": 1, "coordinator_address": "auto",
-             "num_processes": 2, "process_id": 1}
+             "num_processes": 2, "process_id": 1, "temperature": 0.7, "top_k": 40, "top_p": 0.9}
     extra = {"num_processes": {"process_id": 1}, "process_id": {"num_processes": 2}}
     config = RunConfig(**{field: other[field], **extra.get(field, {})})
     arrays, state = checkpoint.load(saved_checkpoint, checkpoint.fingerprint(config))

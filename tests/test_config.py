@@ -16,8 +16,8 @@ def test_comma_separated_targets_from_papermill():
 
 
 def test_alpha_none_means_rank():
-    assert RunConfig(rank=16, alpha=None).lora_alpha == 16.0
-    assert RunConfig(rank=16, alpha=32).lora_alpha == 32.0
+    assert RunConfig(rank=16, alpha=None).effective_alpha == 16.0
+    assert RunConfig(rank=16, alpha=32).effective_alpha == 32.0
 
 
 def test_training_steps_from_epochs():
