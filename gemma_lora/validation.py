@@ -140,3 +140,30 @@ def check_rank_pattern(name: str, value: Any) -> None:
         )
     for pattern, rank in value.items():
         check_int(f"{name}[{pattern!r}]", rank, minimum=1)
+
+
+def check_sampling(temperature: Any, top_k: Any, top_p: Any) -> None:
+    """Check generation sampling options: temperature >= 0, top-k >= 1, top-p in (0, 1].
+
+    Args:
+        temperature: 0 or None for greedy decoding, else a number > 0.
+        top_k: None, or an integer >= 1.
+        top_p: None, or a number in (0, 1].
+
+    Raises:
+        ConfigError: naming the first option out of range.
+
+    Example:
+    >>> check_sampling(0.7, 40, 0.95)
+    >>> check_sampling(0.7, None, 1.5)
+    Traceback (most recent call last):
+    ...
+    gemma_lora.errors.ConfigError: top_p must be a number in (0, 1] or None; got 1.5.
+    """
+    if temperature is not None and temperature != 0:
+        check_positive("temperature", temperature)
+    if top_k is not None:
+        check_int("top_k", top_k, minimum=1)
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ConfigError(f"top_p must be a number in (0, 1] or None; got {top_p!r}.")

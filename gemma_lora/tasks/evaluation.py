@@ -10,21 +10,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import time
+import weakref
 from typing import Any, Sequence
 
 import keras_hub
 from rouge_score import rouge_scorer
 
+from gemma_lora.tasks.stopping import SECTION_HEADER
 from gemma_lora.tasks.generation import generate_responses
 from gemma_lora.training import batching
 from gemma_lora.training.steps import CompiledSteps
 
 
-# Prompt-template section headers: a response never contains them, so a
-# generation is cut where the model starts a new section.
-_SECTION_HEADER = re.compile(r"\n\s*###")
 
 
 @dataclasses.dataclass
@@ -75,7 +73,7 @@ def extract_answer(generation: str) -> str:
     >>> extract_answer(' {"a": 1}\\n\\n### Instruction:\\nmore')
     '{"a": 1}'
     """
-    return _SECTION_HEADER.split(generation, maxsplit=1)[0].strip()
+    return SECTION_HEADER.split(generation, maxsplit=1)[0].strip()
 
 
 def normalize_answer(text: str) -> Any:
@@ -123,19 +121,54 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return sum(scores) / len(scores) if scores else 0.0
 
 
+# One set of compiled loss steps per model, reused while its variables stay the same.
+_LOSS_STEPS: "weakref.WeakKeyDictionary[keras_hub.models.CausalLM, CompiledSteps]" = (
+    weakref.WeakKeyDictionary())
+
+
+def loss_steps(model: keras_hub.models.CausalLM) -> CompiledSteps:
+    """The training step's compiled loss for `model`, built once and reused.
+
+    The steps read the variables' current values at each call, so the same
+    compiled functions score the base model and, after training (or after
+    loading an adapter), the tuned one; they are rebuilt only when the model's
+    variables changed (e.g. LoRA was enabled since).
+
+    Args:
+        model: a KerasHub `CausalLM`.
+
+    Returns:
+        A `CompiledSteps` (without optimizer) bound to `model`.
+    """
+    steps = _LOSS_STEPS.get(model)
+    if steps is None or not steps.is_bound_to(model):
+        steps = _LOSS_STEPS[model] = CompiledSteps(model)
+    else:
+        steps.read_variables()
+    return steps
+
+
 def response_token_loss(
     model: keras_hub.models.CausalLM,
     examples: dict[str, list[str]],
     batch_size: int,
     sequence_length: int,
+    steps: CompiledSteps | None = None,
 ) -> float:
     """Mean cross-entropy per response token (prompt tokens carry no loss).
+
+    Batches are bucketed by length as in training, and only the hidden
+    states at response positions go through the vocabulary projection (the
+    training step's own loss). Its compiled functions are kept per model
+    (`loss_steps`), so a second call with the same shapes compiles nothing.
 
     Args:
         model: a KerasHub `CausalLM`.
         examples: `{"prompts", "responses"}`.
         batch_size: examples per forward pass.
         sequence_length: tokens per example, as in training.
+        steps: compiled steps bound to `model` whose values are current
+            (e.g. the training run's); by default `loss_steps(model)`.
 
     Returns:
         The mean loss in nats.
@@ -145,7 +178,7 @@ def response_token_loss(
         split, batch_size, batching.bucket_lengths(sequence_length),
         batching.loss_buffer_size(split),
     )
-    return CompiledSteps(model).mean_loss(batches)
+    return (steps or loss_steps(model)).mean_loss(batches)
 
 
 def evaluate(

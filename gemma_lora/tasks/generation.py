@@ -1,10 +1,20 @@
-"""Generation: greedy continuations of many prompts with a KerasHub `CausalLM`."""
+"""Generation: continuations of many prompts with a KerasHub `CausalLM`.
+
+A text-only Gemma 3 runs through `decoding` (one prefill per batch, then new
+tokens only in one compiled loop that stops each row at its end); other
+models go through KerasHub's `generate` (`generate_with_keras_hub`).
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import keras_hub
+
+from gemma_lora.tasks import decoding
+from gemma_lora.tasks import stopping
+from gemma_lora.validation import check_int
+from gemma_lora.validation import check_sampling
 
 
 def use_greedy_sampling(model: keras_hub.models.CausalLM) -> None:
@@ -22,26 +32,101 @@ def generate_responses(
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+    stop_at_section: bool = True,
 ) -> list[str]:
-    """Greedy generations for many prompts, in fixed-shape batches.
+    """Generations for many prompts, greedy unless a temperature is given.
 
-    Prompts are batched by length, and every batch has the same shape (the
-    last one is padded with repeats of its first prompt), so the generate
-    function compiles once.
+    Prompts are batched by length in batches of `batch_size` rows. A
+    text-only Gemma 3 decodes with `decoding.decode`: each prompt gets up to
+    `max_new_tokens` new tokens, stops at an end token (or the next template
+    section), and the batch ends when its last row has stopped; greedy
+    output is token for token that of KerasHub's `generate`. Other models
+    use `generate_with_keras_hub`.
+
+    Args:
+        model: a KerasHub `CausalLM` with a preprocessor.
+        prompts: formatted prompts.
+        max_new_tokens: generation budget per prompt.
+        batch_size: prompts per batch.
+        temperature: 0 or None decodes greedily; above 0, tokens are sampled
+            from the softmax of `logits / temperature`.
+        top_k: when sampling, only among the `top_k` most likely tokens.
+        top_p: when sampling, only among the most likely tokens that together
+            hold probability `top_p` (nucleus sampling).
+        seed: seed of the sampling (one key per prompt and step, so a
+            prompt's sample does not depend on its batch).
+        stop_at_section: stop a prompt where its text starts the template's
+            next `### ...` section, and cut the text there.
+
+    Returns:
+        The generated continuations (prompt and end token stripped), in
+        prompt order.
+
+    Example:
+    >>> generate_responses(model, ["Water boils at"], 8, batch_size=1)
+    """
+    check_int("max_new_tokens", max_new_tokens, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    check_sampling(temperature, top_k, top_p)
+    if not prompts:
+        return []
+    if decoding.supports_fast_decoding(model):
+        sampling = decoding.Sampling(temperature or None, top_k, top_p, seed)
+        return decoding.decode(model, prompts, max_new_tokens, batch_size, sampling,
+                               stop_at_section=stop_at_section).texts
+    texts = generate_with_keras_hub(model, prompts, max_new_tokens, batch_size,
+                                    temperature, top_k, top_p, seed)
+    if stop_at_section:
+        texts = [stopping.SECTION_HEADER.split(text, maxsplit=1)[0] for text in texts]
+    return texts
+
+
+def generate_with_keras_hub(
+    model: keras_hub.models.CausalLM,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """Generations through KerasHub's `generate`, in fixed-shape batches.
+
+    Every batch has the same shape (the last one is padded with repeats of
+    its first prompt) and the same `max_length` (the longest prompt + 1 +
+    `max_new_tokens`), so the generate function compiles once; KerasHub
+    stops a batch only when every row has emitted an end token. Sampling
+    uses KerasHub's samplers (`RandomSampler`, `TopKSampler`, `TopPSampler`).
 
     Args:
         model: a KerasHub `CausalLM` with a preprocessor.
         prompts: formatted prompts.
         max_new_tokens: generation budget beyond the longest prompt.
         batch_size: prompts per batch.
+        temperature: 0 or None decodes greedily.
+        top_k: when sampling, the number of most likely tokens kept.
+        top_p: when sampling, the probability mass kept.
+        seed: the sampler's seed.
 
     Returns:
         The generated continuations (prompt stripped), in prompt order.
-
-    Example:
-    >>> generate_responses(model, ["Water boils at"], 8, batch_size=1)
     """
-    use_greedy_sampling(model)
+    if not temperature:
+        use_greedy_sampling(model)
+    else:
+        options = {"temperature": temperature, "seed": seed}
+        if top_p is not None:
+            model.sampler = keras_hub.samplers.TopPSampler(p=top_p, k=top_k, **options)
+        elif top_k is not None:
+            model.sampler = keras_hub.samplers.TopKSampler(k=top_k, **options)
+        else:
+            model.sampler = keras_hub.samplers.RandomSampler(**options)
+        model.generate_function = None
     token_ids = model.preprocessor.tokenizer(list(prompts))
     if hasattr(token_ids, "to_list"):  # a tf.RaggedTensor under TensorFlow.
         token_ids = token_ids.to_list()

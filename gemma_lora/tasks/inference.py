@@ -27,10 +27,12 @@ from gemma_lora.io_utils import write_jsonl_atomic
 def read_requests(path: str | os.PathLike) -> list[data.Record]:
     """Read unanswered requests: JSONL objects with `instruction` and optional `input`.
 
+from gemma_lora.tasks import decoding
     Args:
         path: a `.jsonl` file, one request per line.
 
     Returns:
+from gemma_lora.validation import check_sampling
         Records with an empty `output`.
 
     Raises:
@@ -84,7 +86,11 @@ def timed_generation(
     max_new_tokens: int,
     batch_size: int,
 ) -> GenerationTiming:
-    """Greedy answers for `prompts`, timed after one warm-up batch.
+    """Answers for `prompts` (greedy unless a temperature is given), timed after compiling.
+
+    A text-only Gemma 3 compiles every program the run needs first
+    (`decoding.Decoder.compile`), so the time is decoding only; other models
+    warm up on one batch.
 
     Args:
         model: a KerasHub `CausalLM`.
@@ -92,14 +98,33 @@ def timed_generation(
         max_new_tokens: generation budget per prompt.
         batch_size: prompts per batch.
 
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
     Returns:
         A `GenerationTiming`.
     """
-    generation.generate_responses(model, prompts[:batch_size], max_new_tokens, batch_size)
+    options = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed}
+    if decoding.supports_fast_decoding(model):
+        check_sampling(temperature, top_k, top_p)
+        sampling = decoding.Sampling(temperature or None, top_k, top_p, seed)
+        decoder = decoding.decoder_for(model)
+        decoder.compile(prompts, max_new_tokens, batch_size, sampling, stop_at_section=True)
+        start = time.perf_counter()
+        result = decoder.decode(prompts, max_new_tokens, batch_size, sampling, stop_at_section=True)
+        seconds = time.perf_counter() - start
+        return GenerationTiming([evaluation.extract_answer(text) for text in result.texts],
+                                seconds, result.new_tokens)
+    generation.generate_responses(model, prompts[:batch_size], max_new_tokens, batch_size, **options)
     start = time.perf_counter()
-    generations = generation.generate_responses(model, prompts, max_new_tokens, batch_size)
+    generations = generation.generate_responses(model, prompts, max_new_tokens, batch_size, **options)
     seconds = time.perf_counter() - start
     token_ids = model.preprocessor.tokenizer(list(generations))
+        temperature: 0 or None for greedy decoding, else the sampling temperature.
+        top_k: when sampling, only among the `top_k` most likely tokens.
+        top_p: when sampling, only among the tokens holding probability `top_p`.
+        seed: seed of the sampling.
     if hasattr(token_ids, "to_list"):
         token_ids = token_ids.to_list()
     new_tokens = sum(len(ids) + 1 for ids in token_ids)

@@ -46,6 +46,9 @@ NOT_FINGERPRINTED = (
     "max_new_tokens",     # generation budget of the evaluation after training
     "eval_batch_size",    # evaluation batching (loss is a per-token mean either way)
     "num_samples",        # sample generations shown in the notebook
+    "temperature",        # sampling options of generation outside the (greedy) evaluation:
+    "top_k",              # generation after training, never the training itself
+    "top_p",
     "packing",            # same examples per step, same loss and gradients (tests/test_packing.py)
     "loss_chunk_size",    # memory only; same loss and gradients (tests/test_chunked_loss.py)
     "data_parallel",      # the device mesh: the same global batch on any layout

@@ -208,6 +208,30 @@ class CompiledSteps:
         # Reshape: safetensors may store a scalar such as the step counter as [1].
         self.trainable = [
             jnp.asarray(arrays[v.path]).reshape(old.shape)
+    def is_bound_to(self, model: keras.Model) -> bool:
+        """Whether these steps run `model`'s backbone with the same variables.
+
+        False once LoRA was enabled (or variables otherwise added, removed
+        or frozen) since the steps were built: their compiled functions no
+        longer fit the model.
+
+        Args:
+            model: a KerasHub `CausalLM`.
+
+        Returns:
+            True when the steps can be reused for `model`.
+        """
+        backbone = getattr(model, "backbone", None)
+        ids = lambda variables: [id(variable) for variable in variables]
+        return (backbone is self.backbone
+                and ids(backbone.trainable_variables) == ids(self.trainable_variables)
+                and ids(backbone.non_trainable_variables) == ids(self.non_trainable_variables))
+
+    def read_variables(self) -> None:
+        """Re-read the variables' values into the steps (after training or loading elsewhere)."""
+        self.trainable = [v.value for v in self.trainable_variables]
+        self.non_trainable = [v.value for v in self.non_trainable_variables]
+
             for v, old in zip(self.trainable_variables, self.trainable)
         ]
         self.optimizer_state = [
