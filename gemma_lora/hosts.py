@@ -6,6 +6,8 @@ elsewhere (a laptop, `make run-notebooks`, CI):
 - `detect_host` tells Kaggle and Colab apart from their environment variables;
 - `default_run_dir` moves the shipped `run_dir` to the folder the host keeps
   (`/kaggle/working/runs/<time>` on Kaggle, `/content/runs/<time>` on Colab);
+- `attached_path` finds the notebook's data files (`data/...`) among the
+  datasets attached on Kaggle, e.g. uploaded with the wheel;
 - `copy_host_secrets` copies `KAGGLE_USERNAME`, `KAGGLE_KEY`,
   `KAGGLE_API_TOKEN` and `HF_TOKEN` from the host's secrets into the
   environment, where kagglehub and huggingface_hub read them (never printed,
@@ -44,6 +46,8 @@ COLAB = "colab"
 # Where each host keeps what a notebook writes: Kaggle saves /kaggle/working as
 # the notebook's output; Colab keeps /content until the runtime ends.
 HOST_ROOTS = {KAGGLE: "/kaggle/working", COLAB: "/content"}
+# Where Kaggle mounts the datasets attached to a notebook (read-only).
+KAGGLE_INPUT = "/kaggle/input"
 
 # The secrets copied into the environment, in the order they are tried.
 # kagglehub reads KAGGLE_API_TOKEN (an access token) before the legacy
@@ -137,6 +141,47 @@ def default_run_dir(
         return run_dir
     stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
     return os.path.join(roots[host], "runs", stamp)
+
+
+def attached_path(
+    path: str | None, host: str | None, inputs: str | os.PathLike = KAGGLE_INPUT
+) -> str | None:
+    """A data file the notebook names, found among Kaggle's attached datasets when not here.
+
+    The notebooks name their shipped data relative to the project folder
+    (`data/order_extraction.jsonl`); a Kaggle notebook starts in
+    `/kaggle/working` without it. Attached in a dataset (with the wheel, for
+    instance) it lies under `/kaggle/input/<dataset>/`: this finds it by name.
+
+    Args:
+        path: a file parameter (`data_path`, `test_data_path`, `requests_path`).
+        host: `detect_host()`'s answer.
+        inputs: where Kaggle mounts the attached datasets.
+
+    Returns:
+        The attached file, on Kaggle, for a relative `path` that does not exist
+        and names a file attached once; `path` unchanged otherwise (None, a
+        `tfds:` source, an absolute or existing path, off Kaggle, not attached:
+        the run's own checks then name the missing file).
+
+    Raises:
+        ConfigError: several attached files have that name; the message
+            lists them and names the parameter value to set.
+
+    Example:
+    >>> attached_path("data/order_extraction.jsonl", None)
+    'data/order_extraction.jsonl'
+    """
+    if (host != KAGGLE or path is None or ":" in path or os.path.isabs(path)
+            or os.path.exists(path)):
+        return path
+    found = sorted(Path(inputs).glob(f"**/{Path(path).name}"))
+    if len(found) > 1:
+        raise ConfigError(
+            f"{path!r} is not in {os.getcwd()}, and the attached datasets hold several files "
+            f"of that name: {[str(file) for file in found]}. Set the parameter to the one to "
+            "use.")
+    return str(found[0]) if found else path
 
 
 def copy_host_secrets(

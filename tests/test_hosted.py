@@ -82,6 +82,35 @@ def test_default_run_dir_moves_only_the_shipped_default_on_a_host(tmp_path):
     assert hosts.default_run_dir("runs/manual", "runs/manual", None, roots, now) == "runs/manual"
 
 
+def test_attached_path_finds_the_notebooks_data_among_kaggles_inputs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # /kaggle/working: no data/ folder
+    inputs = tmp_path / "input"
+    (inputs / "gemma-lora-wheel").mkdir(parents=True)
+    attached = inputs / "gemma-lora-wheel" / "order_extraction.jsonl"
+    attached.write_text("{}\n")
+    name = "data/order_extraction.jsonl"
+    assert hosts.attached_path(name, "kaggle", inputs) == str(attached)
+    # Left as they are: off Kaggle, None, TFDS, absolute, present here, or attached nowhere.
+    assert hosts.attached_path(name, "colab", inputs) == name
+    assert hosts.attached_path(None, "kaggle", inputs) is None
+    assert hosts.attached_path("tfds:imdb_reviews[train]", "kaggle", inputs) == "tfds:imdb_reviews[train]"
+    assert hosts.attached_path("/data/mine.jsonl", "kaggle", inputs) == "/data/mine.jsonl"
+    assert hosts.attached_path("data/sentiment_test.jsonl", "kaggle", inputs) == "data/sentiment_test.jsonl"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "order_extraction.jsonl").write_text("{}\n")
+    assert hosts.attached_path(name, "kaggle", inputs) == name
+
+
+def test_attached_path_refuses_to_guess_between_two_attached_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for dataset in ("first", "second"):
+        (tmp_path / "input" / dataset).mkdir(parents=True)
+        (tmp_path / "input" / dataset / "order_requests.jsonl").write_text("{}\n")
+    with pytest.raises(ConfigError, match=r"several files of that name: .*first.*second.*Set the "
+                                          r"parameter to the one to use"):
+        hosts.attached_path("data/order_requests.jsonl", "kaggle", tmp_path / "input")
+
+
 # === Secrets ===
 
 
