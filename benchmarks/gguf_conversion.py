@@ -6,9 +6,9 @@ presets, and how long each preset takes to load. Every step runs in its own
 Python process, so its peak RSS is its own; "after imports" is the RSS once
 Keras, KerasHub and TensorFlow are imported, before the step starts.
 
-Run from the repository root:
+Run from the repository root, after `make setup` (which installs gemma_lora into .venv):
 
-    KERAS_BACKEND=jax PYTHONPATH=. .venv/bin/python benchmarks/gguf_conversion.py
+    KERAS_BACKEND=jax .venv/bin/python benchmarks/gguf_conversion.py
 """
 
 import json
