@@ -40,7 +40,10 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         text: the full contents.
 
     Example:
-    >>> write_text_atomic("/tmp/example.txt", "hello")
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> write_text_atomic(folder / "notes" / "example.txt", "hello")  # makes notes/ too
+    >>> (folder / "notes" / "example.txt").read_text()
+    'hello'
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +70,11 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Write one JSON object per line to `path` (UTF-8, not escaped), atomically.
 
     Example:
-    >>> write_jsonl_atomic("/tmp/rows.jsonl", [{"text": "café", "label": "positive"}])
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "rows.jsonl"
+    >>> write_jsonl_atomic(path, [{"text": "café", "label": "positive"}, {"text": "bof"}])
+    >>> print(path.read_text(encoding="utf-8"), end="")
+    {"text": "café", "label": "positive"}
+    {"text": "bof"}
     """
     write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
@@ -86,8 +93,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         The temporary folder to write into.
 
     Example:
-    >>> with atomic_directory("/tmp/example_adapter") as folder:
+    >>> import tempfile; adapter = Path(tempfile.mkdtemp()) / "adapter"
+    >>> with atomic_directory(adapter) as folder:
     ...     _ = (folder / "weights.txt").write_text("...")
+    >>> [path.name for path in adapter.iterdir()]  # there only once complete
+    ['weights.txt']
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,8 +135,9 @@ def read_text(path: str | os.PathLike) -> str:
             the file (and for a bad byte its line and position in the line).
 
     Example:
-    >>> _ = Path("/tmp/bom.txt").write_bytes(b"\\xef\\xbb\\xbfcaf\\xc3\\xa9")
-    >>> read_text("/tmp/bom.txt")
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "bom.txt"
+    >>> _ = path.write_bytes(b"\\xef\\xbb\\xbfcaf\\xc3\\xa9")  # a BOM, then UTF-8
+    >>> read_text(path)
     'café'
     """
     try:

@@ -75,3 +75,18 @@ def tiny_causal_lm(tiny_tokenizer_proto):
     from gemma_lora.testing import build_tiny_gemma3
 
     return build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48, seed=0)
+
+
+# === Docstring examples ===
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say how many docstring examples tests/test_docstrings.py ran, in how many modules."""
+    reports = [report for key in ("passed", "failed") for report in terminalreporter.stats.get(key, [])
+               if report.when == "call" and "test_docstrings.py" in report.nodeid]
+    counts = [value for report in reports for name, value in report.user_properties
+              if name == "docstring_examples"]
+    if counts:
+        terminalreporter.write_sep(
+            "-", f"docstring examples: {sum(counts)} run in {len(counts)} modules "
+                 f"({sum(1 for count in counts if count)} with examples)")

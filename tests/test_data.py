@@ -1,12 +1,9 @@
 """Tests of `gemma_lora.data` and of the shipped `data/order_extraction.jsonl`."""
 
-import doctest
-import importlib
 import importlib.util
 import io
 import json
 import os
-import pkgutil
 from pathlib import Path
 
 import pytest
@@ -448,20 +445,6 @@ def test_truncation_report_matches_the_gemma3_preprocessor(tiny_tokenizer):
 def test_truncation_report_counts_nothing_when_all_fit(tiny_tokenizer):
     report = truncation_report(tiny_tokenizer, to_prompt_response(records(3)), 1024)
     assert (report.total, report.truncated) == (3, 0)
-
-
-# === Docstring examples ===
-
-
-DATA_MODULES = ["gemma_lora.data", *(f"gemma_lora.data.{module.name}"
-                                     for module in pkgutil.iter_modules(data.__path__))]
-
-
-@pytest.mark.parametrize("name", DATA_MODULES)
-def test_docstring_examples(monkeypatch, name):
-    monkeypatch.chdir(REPO)
-    results = doctest.testmod(importlib.import_module(name))
-    assert results.attempted > 0 and results.failed == 0
 
 
 def test_the_prompt_templates_are_the_configs_template_names():

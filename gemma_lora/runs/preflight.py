@@ -9,11 +9,17 @@ checkpoints this model's adapter will produce. Each failure raises a `ConfigErro
 `ModelError` that names the parameter and says what to do.
 
 Example:
->>> config = RunConfig(preset="gemma3_270m_pypi", run_dir="runs/demo")  # doctest: +SKIP
->>> check_run(config)  # doctest: +SKIP
->>> model = models.load_causal_lm(config.preset)  # doctest: +SKIP
->>> lora.enable_lora(model, lora.LoraConfig.from_run(config))  # doctest: +SKIP
->>> check_model(config, model)  # doctest: +SKIP
+>>> import tempfile
+>>> from gemma_lora.testing import tiny_causal_lm
+>>> config = RunConfig(preset="gemma3_270m_pypi", run_dir=tempfile.mkdtemp())
+>>> check_run(config)  # the preset, the data file and run_dir: no model loaded yet
+>>> model = tiny_causal_lm()  # a real run loads models.load_causal_lm(config.preset)
+>>> summary = lora.enable_lora(model, lora.LoraConfig.from_run(config))
+>>> check_model(config, model)
+>>> check_model(RunConfig(sequence_length=40_000, run_dir=config.run_dir), model)
+Traceback (most recent call last):
+...
+gemma_lora.errors.ConfigError: sequence_length=40000 exceeds the 32,768 tokens this model (Gemma3CausalLM) handles; use at most 32768.
 """
 
 from __future__ import annotations
@@ -81,7 +87,12 @@ def check_run(config: RunConfig) -> None:
             unknown name.
 
     Example:
-    >>> check_run(RunConfig(preset="gemma3_270m_pypi", run_dir="/tmp/run"))
+    >>> import tempfile
+    >>> check_run(RunConfig(preset="gemma3_270m_pypi", run_dir=tempfile.mkdtemp()))
+    >>> check_run(RunConfig(data_path="data/missing.jsonl", run_dir=tempfile.mkdtemp()))
+    Traceback (most recent call last):
+    ...
+    gemma_lora.errors.DataError: ...
     """
     models.check_preset(config.preset)
     if config.reference_preset is not None:
@@ -113,7 +124,11 @@ def check_model(config: RunConfig, model: Any) -> None:
         ModelError: the model has no preprocessor to tokenize the data.
 
     Example:
-    >>> check_model(RunConfig(sequence_length=128), model)  # doctest: +SKIP
+    >>> import tempfile
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> summary = lora.enable_lora(model, lora.LoraConfig(rank=8))
+    >>> check_model(RunConfig(sequence_length=128, run_dir=tempfile.mkdtemp()), model)
     """
     if getattr(model, "preprocessor", None) is None:
         raise ModelError(
@@ -153,7 +168,8 @@ def context_length(model: Any) -> int | None:
         The limit in tokens, or `None` for a model with no known limit.
 
     Example:
-    >>> context_length(keras_hub.models.Gemma3CausalLM.from_preset("gemma3_1b"))  # doctest: +SKIP
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> context_length(tiny_causal_lm())  # a Gemma 3 with global RoPE scaling 1, as 270M and 1B
     32768
     """
     backbone = getattr(model, "backbone", model)
@@ -187,8 +203,15 @@ def required_disk_bytes(config: RunConfig, model: Any) -> int:
         The estimate in bytes.
 
     Example:
-    >>> required_disk_bytes(RunConfig(keep_checkpoints=2), model)  # doctest: +SKIP
-    146145280
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> required_disk_bytes(RunConfig(), model) == MIN_FREE_BYTES  # no LoRA weights yet
+    True
+    >>> summary = lora.enable_lora(model, lora.LoraConfig(rank=8))
+    >>> summary.trainable  # LoRA weights
+    2048
+    >>> required_disk_bytes(RunConfig(keep_checkpoints=2), model) - MIN_FREE_BYTES  # 14 copies
+    114688
     """
     lora_weights = sum(
         math.prod(variable.shape)
@@ -211,7 +234,12 @@ def check_run_dir(run_dir: str | os.PathLike, required_bytes: int) -> None:
             than `required_bytes` free; the message names `run_dir`.
 
     Example:
-    >>> check_run_dir("/tmp/run", MIN_FREE_BYTES)
+    >>> import tempfile
+    >>> check_run_dir(tempfile.mkdtemp(), MIN_FREE_BYTES)
+    >>> check_run_dir(tempfile.mkdtemp(), 10**18)
+    Traceback (most recent call last):
+    ...
+    gemma_lora.errors.ConfigError: run_dir='...' has ... MB free but this run needs about 1,000,000,000,000 MB (checkpoints, adapter, notebook, plots); free some space or choose another run_dir.
     """
     folder = Path(run_dir)
     try:

@@ -56,7 +56,12 @@ def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
         The path of the written file.
 
     Example:
-    >>> write_metrics(config, {"tuned": {"exact_match": 0.9}})
+    >>> import json, tempfile
+    >>> config = RunConfig(rank=4, run_dir=tempfile.mkdtemp())
+    >>> path = write_metrics(config, {"tuned": {"exact_match": 0.9}})
+    >>> saved = json.loads(path.read_text())
+    >>> path.name, saved["rank"], saved["results"]
+    ('metrics.json', 4, {'tuned': {'exact_match': 0.9}})
     """
     path = Path(config.run_dir) / METRICS_FILE
     if parallel.is_writer():  # process 0 only, on a multi-host run
@@ -109,7 +114,18 @@ def comparison_table(evaluations: dict[str, Evaluation]) -> str:
         Markdown text.
 
     Example:
-    >>> print(comparison_table({"base": baseline, "LoRA-tuned": tuned}))
+    >>> base = Evaluation(loss=2.31, perplexity=10.07, exact_match=0.0, rouge_l=0.412,
+    ...                   predictions=[], num_examples=240, generation_seconds=30.0)
+    >>> tuned = Evaluation(loss=0.08, perplexity=1.08, exact_match=0.9, rouge_l=0.981,
+    ...                    predictions=[], num_examples=240, generation_seconds=28.0)
+    >>> print(comparison_table({"base": base, "LoRA-tuned": tuned}))
+    | metric | base | LoRA-tuned |
+    |---|---|---|
+    | exact match | 0.0% | 90.0% |
+    | ROUGE-L F1 | 0.412 | 0.981 |
+    | loss per response token | 2.310 | 0.080 |
+    | perplexity | 10.07 | 1.08 |
+    | test examples | 240 | 240 |
     """
     rows = [
         ("exact match", lambda e: f"{100 * e.exact_match:.1f}%"),
@@ -196,7 +212,20 @@ def classification_table(evaluations: dict[str, "ClassificationEvaluation"]) -> 
         Markdown text.
 
     Example:
-    >>> print(classification_table({"base model": baseline, "LoRA-tuned": tuned}))  # doctest: +SKIP
+    >>> from gemma_lora.tasks.classification import classification_metrics
+    >>> truth, labels = ["negative", "positive", "positive"], ["negative", "positive"]
+    >>> base = classification_metrics(truth, ["positive"] * 3, labels, loss=0.9, seconds=2)
+    >>> tuned = classification_metrics(truth, truth, labels, loss=0.1, seconds=2)
+    >>> print(classification_table({"base model": base, "LoRA-tuned": tuned}))
+    | metric | base model | LoRA-tuned |
+    |---|---|---|
+    | accuracy | 66.7% | 100.0% |
+    | macro-F1 | 0.400 | 1.000 |
+    | F1 `negative` | 0.000 | 1.000 |
+    | F1 `positive` | 0.800 | 1.000 |
+    | loss per label token | 0.900 | 0.100 |
+    | test texts | 3 | 3 |
+    | prediction time | 2 s | 2 s |
     """
     labels = next(iter(evaluations.values())).labels
     rows = [("accuracy", lambda e: f"{100 * e.accuracy:.1f}%"),
@@ -225,7 +254,15 @@ def plot_confusion_matrices(
         The matplotlib figure.
 
     Example:
-    >>> plot_confusion_matrices({"base": baseline, "tuned": tuned}, "runs/x/confusion.png")  # doctest: +SKIP
+    >>> import tempfile; folder = Path(tempfile.mkdtemp())
+    >>> from gemma_lora.tasks.classification import classification_metrics
+    >>> truth, labels = ["negative", "positive", "positive"], ["negative", "positive"]
+    >>> evaluations = {"base": classification_metrics(truth, ["positive"] * 3, labels),
+    ...                "tuned": classification_metrics(truth, truth, labels)}
+    >>> figure = plot_confusion_matrices(evaluations, folder / CONFUSION_PLOT_FILE)
+    >>> len(figure.axes), (folder / CONFUSION_PLOT_FILE).is_file()
+    (2, True)
+    >>> plt.close(figure)
     """
     size = 1.2 + 0.9 * len(next(iter(evaluations.values())).labels)
     figure, axes = plt.subplots(1, len(evaluations), figsize=(size * len(evaluations) + 1, size + 0.6),
@@ -264,8 +301,17 @@ def training_results(summary: Any, result: Any, adapter_bytes: int, base_bytes: 
         steps, early stopping and training time, under fixed keys.
 
     Example:
-    >>> results = {"tuned": tuned.scores(),  # doctest: +SKIP
-    ...            **training_results(summary, result, adapter_bytes, base_bytes)}
+    >>> from gemma_lora.lora import ParameterSummary
+    >>> from gemma_lora.training import TrainResult
+    >>> summary = ParameterSummary(trainable=737_280, total=268_835_456,
+    ...                            lora_layers=("decoder_block_0/attention/query",))
+    >>> result = TrainResult(history=[], best_step=150, best_val_loss=0.21, steps=150,
+    ...                      stopped_early=False, diverged_at=None, seconds=312.0,
+    ...                      adapter_dir=Path("runs/x/adapter"))
+    >>> results = training_results(summary, result, adapter_bytes=2_960_000,
+    ...                            base_bytes=1_073_741_824)
+    >>> round(results["trainable_percent"], 3), round(results["adapter_percent_of_base"], 3)
+    (0.274, 0.276)
     """
     return {
         "trainable_parameters": summary.trainable,
@@ -293,8 +339,16 @@ def label_counts_table(splits: Any, labels: Sequence[str]) -> str:
         Markdown text.
 
     Example:
-    >>> print(label_counts_table(splits, ["negative", "positive"]))  # doctest: +SKIP
+    >>> from gemma_lora.data import Record, Splits
+    >>> texts = [Record("Sentiment?", text, label, f"r.csv:{i}") for i, (text, label)
+    ...          in enumerate([("Loved it.", "positive"), ("Awful.", "negative"), ("Great.", "positive")])]
+    >>> print(label_counts_table(Splits(train=texts[:2], validation=[], test=texts[2:]),
+    ...                          ["negative", "positive"]))
     | split | texts | negative | positive |
+    |---|---|---|---|
+    | train | 2 | 1 | 1 |
+    | validation | 0 | 0 | 0 |
+    | test | 1 | 0 | 1 |
     """
     lines = ["| split | texts | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     for name in ("train", "validation", "test"):

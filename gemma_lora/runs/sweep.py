@@ -136,8 +136,9 @@ def run_sweep(
         ConfigError: a rank or parameter is invalid, or a notebook is missing
             (checked before any notebook runs).
 
-    Example:
-    >>> run_sweep([1, 4, 16], "runs/rank-sweep", {"max_steps": 100})  # doctest: +SKIP
+    Example (runs the notebooks, minutes per rank)::
+
+        run_sweep([1, 4, 16], "runs/rank-sweep", {"max_steps": 100})
     """
     parameters = dict(parameters or {})
     check_parameters(parameters, ranks)

@@ -14,16 +14,17 @@ prediction is its logits' argmax). `load_model`, `fit_texts` and
 `train_classifier` likewise take either kind, so a notebook runs the same
 cells for Gemma and for, say, DistilBERT (see `text_classifier`).
 
-Example:
->>> splits = data.load_labelled_splits(config); labels = data.check_labels(splits)  # doctest: +SKIP
->>> model = load_model(config.preset, labels)  # doctest: +SKIP
->>> lora.enable_lora(model, lora.LoraConfig.from_run(config))  # doctest: +SKIP
->>> splits, _ = fit_texts(splits, model, config.sequence_length, config.template)  # doctest: +SKIP
->>> baseline = evaluate_classifier(model, splits.test, labels, config.template)  # doctest: +SKIP
->>> train_classifier(model, config, splits, labels)  # doctest: +SKIP
->>> tuned = evaluate_classifier(model, splits.test, labels, config.template)  # doctest: +SKIP
->>> baseline.macro_f1, tuned.macro_f1  # doctest: +SKIP
-(0.785, 0.98)
+Example (downloads Gemma 3 270M and trains for minutes)::
+
+    splits = data.load_labelled_splits(config)
+    labels = data.check_labels(splits)
+    model = load_model(config.preset, labels)
+    lora.enable_lora(model, lora.LoraConfig.from_run(config))
+    splits, _ = fit_texts(splits, model, config.sequence_length, config.template)
+    baseline = evaluate_classifier(model, splits.test, labels, config.template)
+    train_classifier(model, config, splits, labels)
+    tuned = evaluate_classifier(model, splits.test, labels, config.template)
+    baseline.macro_f1, tuned.macro_f1  # (0.785, 0.98) on the shipped sentiment data
 """
 
 from __future__ import annotations
@@ -201,8 +202,13 @@ def label_log_likelihoods(
         (label + end token) it covers.
 
     Example:
-    >>> scores, _ = label_log_likelihoods(model, prompts, ["negative", "positive"])  # doctest: +SKIP
-    >>> scores.argmax(axis=1)  # doctest: +SKIP
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()  # random weights: its scores mean nothing yet
+    >>> prompts = ["Review: I loved it. Sentiment:", "Review: Awful. Sentiment:"]
+    >>> scores, tokens = label_log_likelihoods(model, prompts, ["negative", "positive"])
+    >>> scores.shape, bool((scores < 0).all())
+    ((2, 2), True)
+    >>> predictions = scores.argmax(axis=1)  # the most likely label of each prompt
     """
     pairs = {
         "prompts": [prompt for prompt in prompts for _ in labels],
@@ -262,8 +268,15 @@ def evaluate_classifier(
         A `ClassificationEvaluation`.
 
     Example:
-    >>> baseline = evaluate_classifier(model, splits.test, labels)  # doctest: +SKIP
-    >>> print(f"{baseline.accuracy:.1%}")  # doctest: +SKIP
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()  # random weights: its predictions are guesses
+    >>> test = [data.Record("Sentiment?", "I loved it.", "positive", "r.csv:2"),
+    ...         data.Record("Sentiment?", "Awful.", "negative", "r.csv:3")]
+    >>> baseline = evaluate_classifier(model, test, ["negative", "positive"])
+    >>> baseline.num_examples, set(baseline.predictions) <= {"negative", "positive"}
+    (2, True)
+    >>> baseline.confusion.shape  # row = true label, column = predicted label
+    (2, 2)
     """
     references = [record.output for record in records]
     unknown = sorted(set(references) - set(labels))
@@ -304,8 +317,10 @@ def load_model(
     Returns:
         A `CausalLM` or a `TextClassifier`, with its preprocessor.
 
-    Example:
-    >>> model = load_model("gemma3_270m", ["negative", "positive"])  # doctest: +SKIP
+    Example (downloads the preset)::
+
+        model = load_model("gemma3_270m", ["negative", "positive"])
+        model = load_model("distil_bert_base_en_uncased", ["negative", "positive"])
     """
     if text_classifier.is_text_classifier_preset(preset):
         return text_classifier.load_text_classifier(preset, len(labels), dtype, sequence_length)
@@ -332,7 +347,13 @@ def fit_texts(
         The splits, and how many texts were shortened.
 
     Example:
-    >>> splits, shortened = fit_texts(splits, model, 128)  # doctest: +SKIP
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> review = data.Record("Sentiment?", "I loved it. " * 40, "positive", "r.csv:2")
+    >>> splits = data.Splits(train=[review], validation=[], test=[])
+    >>> splits, shortened = fit_texts(splits, model, sequence_length=64)
+    >>> shortened, len(splits.train[0].input) < len(review.input)
+    (1, True)
     """
     if isinstance(model, keras_hub.models.TextClassifier):
         return splits, 0
@@ -370,8 +391,11 @@ def train_classifier(
     Returns:
         A `training.TrainResult`.
 
-    Example:
-    >>> result = train_classifier(model, config, splits, labels)  # doctest: +SKIP
+    Example (trains for minutes; see the module's example)::
+
+        lora.enable_lora(model, lora.LoraConfig.from_run(config))
+        result = train_classifier(model, config, splits, labels)
+        result.best_val_loss
     """
     if isinstance(model, keras_hub.models.TextClassifier):
         return text_classifier.train_text_classifier(
@@ -397,7 +421,19 @@ def example_text(model: keras.Model, record: data.Record, template: str = "alpac
         learns); for a text classifier, the text and its label.
 
     Example:
-    >>> print(example_text(model, splits.train[0]))  # doctest: +SKIP
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> review = data.Record("Sentiment?", "I loved it.", "positive", "r.csv:2")
+    >>> print(example_text(tiny_causal_lm(), review))
+    Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.
+    <BLANKLINE>
+    ### Instruction:
+    Sentiment?
+    <BLANKLINE>
+    ### Input:
+    I loved it.
+    <BLANKLINE>
+    ### Response:
+    positive
     """
     if isinstance(model, keras_hub.models.TextClassifier):
         return f"text: {record.input}\nlabel: {record.output}"

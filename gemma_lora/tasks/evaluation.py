@@ -201,9 +201,15 @@ def evaluate(
         An `Evaluation`.
 
     Example:
-    >>> baseline = evaluate(model, test, max_new_tokens=48,
-    ...                     batch_size=16, sequence_length=128)
-    >>> baseline.exact_match
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()  # random weights: its answers are gibberish
+    >>> test = {"prompts": ["Which color? One red mug.", "Which color? A blue hat."],
+    ...         "responses": ["red", "blue"]}
+    >>> baseline = evaluate(model, test, max_new_tokens=4, batch_size=2, sequence_length=32)
+    >>> baseline.num_examples, baseline.exact_match
+    (2, 0.0)
+    >>> 4 < baseline.loss < 9  # about log(512), the loss of a uniform guess
+    True
     """
     loss = response_token_loss(model, examples, batch_size, sequence_length)
     start = time.perf_counter()

@@ -67,7 +67,11 @@ def generate_responses(
         prompt order.
 
     Example:
-    >>> generate_responses(model, ["Water boils at"], 8, batch_size=1)
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()  # random weights: it generates gibberish
+    >>> answers = generate_responses(model, ["Which color?", "A red mug."], 4, batch_size=2)
+    >>> len(answers), all(isinstance(answer, str) for answer in answers)
+    (2, True)
     """
     check_int("max_new_tokens", max_new_tokens, minimum=1)
     check_int("batch_size", batch_size, minimum=1)

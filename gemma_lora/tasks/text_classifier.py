@@ -11,10 +11,11 @@ early stopping and the best adapter kept, so the run writes the same
 `history.csv` and `adapter/` as a causal-LM run; the head's weights are saved
 next to the LoRA weights, as `head.safetensors`.
 
-Example:
->>> model = load_text_classifier("distil_bert_base_en_uncased", num_classes=2)  # doctest: +SKIP
->>> lora.enable_lora(model, lora.LoraConfig(rank=8))  # doctest: +SKIP
->>> result = train_text_classifier(model, config, train_records, val_records, labels)  # doctest: +SKIP
+Example (downloads DistilBERT and trains for minutes)::
+
+    model = load_text_classifier("distil_bert_base_en_uncased", num_classes=2)
+    lora.enable_lora(model, lora.LoraConfig(rank=8))
+    result = train_text_classifier(model, config, train_records, val_records, labels)
 """
 
 from __future__ import annotations
@@ -96,8 +97,9 @@ def load_text_classifier(
     Raises:
         ModelError: the preset cannot be found, downloaded or loaded.
 
-    Example:
-    >>> model = load_text_classifier("distil_bert_base_en_uncased", 2)  # doctest: +SKIP
+    Example (downloads the preset from Kaggle)::
+
+        model = load_text_classifier("distil_bert_base_en_uncased", 2)
     """
     try:
         model = keras_hub.models.TextClassifier.from_preset(
@@ -131,8 +133,11 @@ def predict_labels(
         One label per text.
 
     Example:
-    >>> predict_labels(model, ["Loved it."], ["negative", "positive"])  # doctest: +SKIP
-    ['positive']
+    >>> from gemma_lora.testing import tiny_text_classifier
+    >>> model = tiny_text_classifier(num_classes=2)  # random weights: it guesses
+    >>> predictions = predict_labels(model, ["I loved it.", "Awful."], ["negative", "positive"])
+    >>> len(predictions), set(predictions) <= {"negative", "positive"}
+    (2, True)
     """
     if model.num_classes != len(labels):
         raise ModelError(
@@ -174,7 +179,14 @@ def load_head(model: keras_hub.models.TextClassifier, adapter_dir: str | os.Path
         ModelError: the file is missing or its weights do not fit the head.
 
     Example:
-    >>> lora.load_adapter(model, "runs/x/adapter"); load_head(model, "runs/x/adapter")  # doctest: +SKIP
+    >>> import tempfile; adapter_dir = tempfile.mkdtemp()
+    >>> from gemma_lora.testing import tiny_text_classifier
+    >>> trained, fresh = tiny_text_classifier(seed=0), tiny_text_classifier(seed=1)
+    >>> save_head(trained, adapter_dir).name
+    'head.safetensors'
+    >>> load_head(fresh, adapter_dir)  # after lora.load_adapter(fresh, adapter_dir)
+    >>> all((head_weights(fresh)[k] == v).all() for k, v in head_weights(trained).items())
+    True
     """
     path = Path(adapter_dir) / HEAD_WEIGHTS
     if not path.is_file():
@@ -263,9 +275,11 @@ def train_text_classifier(
         A `training.TrainResult`; `history.csv` and `adapter/` (LoRA weights and
         `head.safetensors`) are in `config.run_dir`.
 
-    Example:
-    >>> result = train_text_classifier(model, config, splits.train, splits.validation,  # doctest: +SKIP
-    ...                                ["negative", "positive"])
+    Example (trains for minutes on a real classifier)::
+
+        lora.enable_lora(model, lora.LoraConfig(rank=8))
+        result = train_text_classifier(model, config, splits.train, splits.validation,
+                                       ["negative", "positive"])
     """
     import tensorflow as tf
 

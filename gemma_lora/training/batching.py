@@ -77,9 +77,12 @@ def tokenize(preprocessor, examples: dict[str, list[str]], sequence_length: int)
         A `TokenizedSplit`.
 
     Example:
-    >>> split = tokenize(model.preprocessor, examples, sequence_length=128)
-    >>> split.token_ids.shape
-    (2400, 128)
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> examples = {"prompts": ["Which color? Send 2 red mugs.", "Which color? A blue hat."],
+    ...             "responses": ["red", "blue"]}
+    >>> split = tokenize(tiny_causal_lm().preprocessor, examples, sequence_length=32)
+    >>> split.token_ids.shape, split.loss_tokens.tolist()  # loss on the response + end token
+    ((2, 32), [2, 2])
     """
     preprocessor.sequence_length = sequence_length
     x, y, weights = preprocessor(dict(examples))
@@ -239,9 +242,17 @@ def make_packed_batch(
         loss_buffer]`; unused slots have weight 0), as in `make_batch`.
 
     Example:
-    >>> batch = make_packed_batch(split, np.arange(8), row_length=128, loss_buffer=32)
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> examples = {"prompts": [f"Which color? Please send {n} red mugs to Paris." for n in range(8)],
+    ...             "responses": ["red"] * 8}
+    >>> split = tokenize(tiny_causal_lm().preprocessor, examples, sequence_length=32)
+    >>> int(split.lengths.max())  # tokens of the longest example
+    18
+    >>> batch = make_packed_batch(split, np.arange(8), row_length=64, loss_buffer=8)
     >>> batch["token_ids"].shape  # eight examples in three rows
-    (3, 128)
+    (3, 64)
+    >>> batch["segment_ids"].max(axis=1).tolist()  # examples per row
+    [3, 3, 2]
     """
     lengths = split.lengths[indices]
     rows = pack_rows(lengths, row_length)
@@ -307,9 +318,13 @@ def training_batches(
         Batches from `make_batch`, or `make_packed_batch` when packing.
 
     Example:
-    >>> batches = training_batches(split, 8, seed=0, buckets=(32, 64), loss_buffer=16)
-    >>> next(batches)["token_ids"].shape[0]
-    8
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> examples = {"prompts": [f"Which color? Send {n} red mugs." for n in range(8)],
+    ...             "responses": ["red"] * 8}
+    >>> split = tokenize(tiny_causal_lm().preprocessor, examples, sequence_length=64)
+    >>> batches = training_batches(split, 4, seed=0, buckets=(16, 32, 64), loss_buffer=8)
+    >>> next(batches)["token_ids"].shape  # 4 examples, in the smallest bucket that fits
+    (4, 32)
     """
     per_epoch = max(1, len(split) // batch_size)
     step = start_step

@@ -111,7 +111,13 @@ def save(run_dir: str | os.PathLike, step: int, arrays: dict[str, np.ndarray],
         (`parallel.is_writer`); the others return the same path.
 
     Example:
-    >>> save("runs/demo", 100, {"w": np.zeros(3)}, {"fingerprint": {}}, keep=2)
+    >>> import tempfile; run_dir = tempfile.mkdtemp()
+    >>> for step in (100, 200, 300):
+    ...     folder = save(run_dir, step, {"w": np.zeros(3)}, {"fingerprint": {}}, keep=2)
+    >>> folder.name, latest(run_dir) == folder
+    ('step-000300', True)
+    >>> sorted(path.name for path in folder.parent.iterdir())  # the two newest are kept
+    ['step-000200', 'step-000300']
     """
     folder = Path(run_dir) / CHECKPOINTS_DIR / f"step-{step:06d}"
     if not parallel.is_writer():

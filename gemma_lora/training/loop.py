@@ -51,8 +51,8 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
     >>> schedule = WarmupDecay(2e-4, warmup_steps=10, total_steps=100, kind="cosine")
-    >>> float(schedule(10))
-    0.0002
+    >>> [round(float(schedule(step)), 6) for step in (0, 5, 9, 55, 100)]  # peak at step 9
+    [2e-05, 0.00012, 0.0002, 0.0001, 0.0]
     """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, kind: str):
@@ -208,8 +208,19 @@ def train(
         A `TrainResult`.
 
     Example:
-    >>> enable_lora(model, LoraConfig(rank=8))
-    >>> result = train(model, RunConfig(max_steps=100), train_ex, val_ex)
+    >>> import tempfile; run_dir = tempfile.mkdtemp()
+    >>> from gemma_lora.lora import LoraConfig, enable_lora
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> summary = enable_lora(model, LoraConfig(rank=4))
+    >>> colors = ["red", "blue", "green", "black"]
+    >>> examples = {"prompts": [f"Which color? A {color} mug." for color in colors],
+    ...             "responses": colors}
+    >>> config = RunConfig(max_steps=3, batch_size=2, sequence_length=32, eval_every=3,
+    ...                    warmup_steps=1, run_dir=run_dir)
+    >>> result = train(model, config, examples, examples, log=lambda line: None)
+    >>> result.steps, result.best_step, sorted(path.name for path in Path(run_dir).iterdir())
+    (3, 3, ['adapter', 'checkpoints', 'history.csv'])
     """
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

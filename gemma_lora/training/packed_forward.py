@@ -42,7 +42,8 @@ def check_packing_supported(backbone: keras.Model) -> None:
         backbone: the model's backbone.
 
     Example:
-    >>> check_packing_supported(model.backbone)  # a Gemma3CausalLM's: passes
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> check_packing_supported(tiny_causal_lm().backbone)  # a Gemma3CausalLM's: passes
     """
     if (
         not isinstance(backbone, keras_hub.models.Gemma3Backbone)
@@ -68,7 +69,8 @@ def attention_mask(segment_ids):
         key `j`: `j <= i` and both in the same segment.
 
     Example:
-    >>> attention_mask(np.array([[1, 1, 2, 0]]))[0].astype(int)
+    >>> import numpy as np
+    >>> np.asarray(attention_mask(np.array([[1, 1, 2, 0]])))[0].astype(int)
     array([[1, 0, 0, 0],
            [1, 1, 0, 0],
            [0, 0, 1, 0],
@@ -97,9 +99,15 @@ def hidden_states(backbone: keras.Model, token_ids, segment_ids, positions, trai
         example alone at the same tokens.
 
     Example:
-    >>> batch = batching.make_packed_batch(split, np.arange(8), 128, loss_buffer=32)
-    >>> hidden = hidden_states(model.backbone, batch["token_ids"],
-    ...                        batch["segment_ids"], batch["positions"])
+    >>> import numpy as np
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> backbone = tiny_causal_lm().backbone
+    >>> token_ids = np.array([[2, 10, 11, 2, 12, 0]])  # two examples in one row, then padding
+    >>> segment_ids = np.array([[1, 1, 1, 2, 2, 0]])
+    >>> positions = np.array([[0, 1, 2, 0, 1, 0]])
+    >>> hidden = hidden_states(backbone, token_ids, segment_ids, positions)
+    >>> hidden.shape  # [batch, length, hidden_dim]; positions 3-4 as if example 2 were alone
+    (1, 6, 32)
     """
     check_packing_supported(backbone)
     x = backbone.token_embedding(token_ids)
