@@ -10,6 +10,7 @@ The number of examples run is printed at the end of the session (see
 import doctest
 import importlib
 import pkgutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ MODULES = ["gemma_lora", *(module.name for module in
 
 
 @pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples(name, monkeypatch, record_property):
+def test_docstring_examples(name, monkeypatch, record_property, tmp_path):
     monkeypatch.chdir(REPO)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # examples' mkdtemp() folders
     module = importlib.import_module(name)
     runner = doctest.DocTestRunner(optionflags=OPTIONS)
     report = []
