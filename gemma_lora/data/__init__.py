@@ -1,9 +1,10 @@
 """The data stage: instruction records and labelled texts, read, checked, formatted and split.
 
 A data set is a list of `Record`s with the three Alpaca fields
-(`instruction`, optional `input`, `output`), read from a JSON list, a JSONL
-file, a CSV file (`read_records`) or a TensorFlow Datasets split written
-`"tfds:NAME[SPLIT]"` (`read_source`). Every record is checked field by field
+(`instruction`, optional `input`, `output`), or of `Conversation`s (OpenAI
+`messages` or ShareGPT `conversations` records, see `conversations`), read
+from a JSON list, a JSONL file, a CSV file (`read_records`) or a TensorFlow
+Datasets split written `"tfds:NAME[SPLIT]"` (`read_source`). Every record is checked field by field
 (an error names the file, the line and the field). Records are turned into
 the `{"prompts": [...], "responses": [...]}` dictionary that KerasHub's
 `CausalLMPreprocessor` takes, in one of the `PROMPT_TEMPLATES`
@@ -13,7 +14,8 @@ sequence length (`truncation_report`). Classification data are labelled
 texts (`read_labelled`) that become records whose response is the label
 (`to_records`, `load_labelled_splits`, `check_labels`).
 
-Modules: `records` (the record, its fields and their validation), `files`
+Modules: `records` (the record, its fields and their validation),
+`conversations` (multi-turn records in Gemma's turn format), `files`
 (JSON, JSONL and CSV), `tfds` (TensorFlow Datasets), `templates` (prompts),
 `splits`, `truncation`, `labelled` (classification) and `messages` (how
 errors quote names). Everything other code needs is re-exported here.
@@ -27,6 +29,11 @@ Example:
 True
 """
 
+from gemma_lora.data.conversations import CONVERSATION_FORMATS
+from gemma_lora.data.conversations import Conversation
+from gemma_lora.data.conversations import Turn
+from gemma_lora.data.conversations import conversation_segments
+from gemma_lora.data.conversations import make_conversation
 from gemma_lora.data.files import FORMATS
 from gemma_lora.data.files import read_records
 from gemma_lora.data.labelled import LABELLED_FIELDS
@@ -52,12 +59,14 @@ from gemma_lora.data.splits import read_source
 from gemma_lora.data.splits import split_records
 from gemma_lora.data.templates import PROMPT_TEMPLATES
 from gemma_lora.data.templates import format_prompt
+from gemma_lora.data.templates import training_segments
 from gemma_lora.data.templates import to_prompt_response
 from gemma_lora.data.tfds import TFDS_PREFIX
 from gemma_lora.data.tfds import load_tfds_records
 from gemma_lora.data.tfds import parse_tfds_source
 from gemma_lora.data.tfds import summarize_tfds_error
 from gemma_lora.data.truncation import TruncationReport
+from gemma_lora.data.truncation import fit_segments
 from gemma_lora.data.truncation import token_counts
 from gemma_lora.data.truncation import truncation_report
 
@@ -69,6 +78,12 @@ __all__ = [
     "RECORD_FIELDS",
     "Record",
     "resolve_fields",
+    # conversations
+    "CONVERSATION_FORMATS",
+    "Conversation",
+    "Turn",
+    "conversation_segments",
+    "make_conversation",
     # files
     "FORMATS",
     "read_records",
@@ -80,6 +95,7 @@ __all__ = [
     # templates
     "PROMPT_TEMPLATES",
     "format_prompt",
+    "training_segments",
     "to_prompt_response",
     # splits
     "Splits",
@@ -90,6 +106,7 @@ __all__ = [
     "split_records",
     # truncation
     "TruncationReport",
+    "fit_segments",
     "token_counts",
     "truncation_report",
     # labelled

@@ -23,6 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gemma_lora.data.conversations import CONVERSATION_FORMATS
+from gemma_lora.data.conversations import detect_format
+from gemma_lora.data.conversations import format_name
+from gemma_lora.data.conversations import make_conversation
 from gemma_lora.data.messages import close_match
 from gemma_lora.data.messages import describe
 from gemma_lora.data.messages import quote
@@ -31,6 +35,7 @@ from gemma_lora.data.records import OPTIONAL_FIELDS
 from gemma_lora.data.records import Record
 from gemma_lora.data.records import make_record
 from gemma_lora.data.records import resolve_fields
+from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
 from gemma_lora.io_utils import read_text
 
@@ -45,14 +50,19 @@ _JSONL_EXPECTED = "a JSON object (one complete object per line)"
 def read_records(
     path: str | os.PathLike,
     fields: Mapping[str, str] | None = None,
+    data_format: str | None = None,
 ) -> list[Record]:
-    """Read and validate instruction records from a JSON, JSONL or CSV file.
+    """Read and validate instruction records or conversations from a JSON, JSONL or CSV file.
 
     The format follows the extension: `.json` holds one list of objects,
     `.jsonl` one object per line (blank lines are skipped), `.csv` a header
     row and one record per row. `instruction` and `output` must be non-empty
     strings; `input` may be absent, null or empty. Other fields are ignored,
     but a field given twice in one object is an error.
+
+    A JSON or JSONL record with a `messages` or `conversations` list is a
+    conversation (see `data.conversations`), read as a `Conversation`;
+    every record of one file must then be in the same format.
 
     Files are UTF-8; a leading byte order mark (as Excel writes) and Windows
     line endings are accepted. CSV follows RFC 4180 quoting, with fields of
@@ -64,6 +74,9 @@ def read_records(
         fields: maps canonical field names (`instruction`, `input`,
             `output`) to the names used in the file, e.g. `DOLLY_FIELDS`.
             Fields left out keep their canonical name.
+        data_format: `"messages"` or `"sharegpt"` to read every record as a
+            conversation in that format; `None` (the default) detects each
+            record's format from its fields.
 
     Returns:
         The records in file order, each with its `"path:line"` source.
@@ -71,7 +84,8 @@ def read_records(
     Raises:
         DataError: the file is missing, unreadable or empty, or a record is
             malformed; the message names the file, the line and the field.
-        ConfigError: `fields` names an unknown canonical field.
+        ConfigError: `fields` names an unknown canonical field, or
+            `data_format` an unknown format.
 
     Example:
     >>> import pathlib, tempfile
@@ -82,6 +96,9 @@ def read_records(
     'Teal.'
     """
     columns = resolve_fields(fields)
+    if data_format is not None and data_format not in CONVERSATION_FORMATS:
+        raise ConfigError(f"data_format must be one of {', '.join(map(repr, CONVERSATION_FORMATS))} "
+                          f"or None (detect it); got {data_format!r}.")
     _check_is_file(path)
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
@@ -93,8 +110,14 @@ def read_records(
     if not text.strip():
         content = "is empty" if not text else "holds only whitespace"
         raise DataError(f"{path}: the file contains no records (it {content}).")
-    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}
-    records = readers[suffix](str(path), text, columns)
+    if suffix == ".csv":
+        if data_format is not None:
+            raise DataError(f"{path}: a CSV file holds instruction records, not conversations; "
+                            f"expected a .json or .jsonl file for data_format={data_format!r}.")
+        records = _read_csv(str(path), text, columns)
+    else:
+        reader = _read_json if suffix == ".json" else _read_jsonl
+        records = reader(str(path), text, _RecordMaker(columns, data_format))
     if not records:
         raise DataError(f"{path}: the file contains no records.")
     return records
@@ -113,7 +136,30 @@ def _check_is_file(path: str | os.PathLike) -> None:
 # === JSON and JSON Lines ===
 
 
-def _read_jsonl(path: str, text: str, columns: Mapping[str, str]) -> list[Record]:
+class _RecordMaker:
+    """Makes each JSON row a `Record` or a `Conversation`, all of a file in one format."""
+
+    def __init__(self, columns: Mapping[str, str], data_format: str | None) -> None:
+        self.columns, self.data_format = columns, data_format
+        self.first: tuple[str | None, str] | None = None  # (format, source) of the first row
+
+    def __call__(self, row: Any, source: str, where: str | None = None) -> Record:
+        data_format = self.data_format or detect_format(row)
+        if self.first is None:
+            self.first = (data_format, source)
+        elif data_format != self.first[0]:
+            first_format, first_source = self.first
+            raise DataError(
+                f"{where or source}: the record is {format_name(data_format)}, but "
+                f"line {first_source.rsplit(':', 1)[-1]} holds "
+                f"{format_name(first_format)}; expected every record of a file in one format."
+            )
+        if data_format is None:
+            return make_record(row, self.columns, source, where)
+        return make_conversation(row, source, data_format, where)
+
+
+def _read_jsonl(path: str, text: str, make: _RecordMaker) -> list[Record]:
     """Records from one JSON object per line."""
     records = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -131,11 +177,11 @@ def _read_jsonl(path: str, text: str, columns: Mapping[str, str]) -> list[Record
                     f"{source}: the line holds a list; expected {_JSONL_EXPECTED}. "
                     "A file holding one JSON list of objects must be named .json."
                 )
-            records.append(make_record(row, columns, source))
+            records.append(make(row, source))
     return records
 
 
-def _read_json(path: str, text: str, columns: Mapping[str, str]) -> list[Record]:
+def _read_json(path: str, text: str, make: _RecordMaker) -> list[Record]:
     """Records from one JSON list of objects."""
     items = _parse_json(text, path, expected="a JSON list of objects", add_line=True)
     if not isinstance(items, list):
@@ -146,7 +192,7 @@ def _read_json(path: str, text: str, columns: Mapping[str, str]) -> list[Record]
     records = []
     for index, (item, line) in enumerate(zip(items, _json_item_lines(text))):
         source = f"{path}:{line}"
-        records.append(make_record(item, columns, source, where=f"{source} (item [{index}])"))
+        records.append(make(item, source, where=f"{source} (item [{index}])"))
     return records
 
 

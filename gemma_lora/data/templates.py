@@ -7,6 +7,12 @@ that precedes the response. `to_prompt_response` gives the
 template names are also `gemma_lora.config.TEMPLATES`, which `RunConfig`
 checks `template` against.
 
+With `gemma_chat`, and for conversations (always in Gemma's turn format,
+whatever the template), the examples also hold `"segments"`: per example the
+`(text, trains)` pieces that `training.batching.tokenize` trains on, so the
+model's turn ends with `<end_of_turn>` and a conversation trains on every
+assistant turn; and `"sources"`, each example's record source.
+
 Example:
 >>> examples = to_prompt_response([Record("Say hi.", "", "Hi!", "x.jsonl:1")], "gemma_chat")
 >>> examples["prompts"][0]
@@ -17,6 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from gemma_lora.data.conversations import END_OF_TURN
+from gemma_lora.data.conversations import Conversation
+from gemma_lora.data.conversations import conversation_segments
 from gemma_lora.data.records import Record
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
@@ -53,7 +62,9 @@ def format_prompt(record: Record, template: str = "alpaca") -> str:
     """The prompt for one record, ending where the response begins.
 
     The `"alpaca"` template is Stanford Alpaca's, in its with-input and
-    no-input variants; both end with `"### Response:\\n"`.
+    no-input variants; both end with `"### Response:\\n"`. A `Conversation`
+    is rendered in Gemma's turn format whatever the template, up to its final
+    assistant turn (see `conversation_segments`).
 
     Args:
         record: the record to format.
@@ -84,6 +95,8 @@ def format_prompt(record: Record, template: str = "alpaca") -> str:
         raise DataError(
             f"format_prompt takes a Record (from read_records); got {type(record).__name__}."
         )
+    if isinstance(record, Conversation):
+        return "".join(text for text, _ in conversation_segments(record, generation_prompt=True))
     with_input, no_input = PROMPT_TEMPLATES[template]
     if record.input:
         return with_input.format(instruction=record.instruction, input=record.input)
@@ -96,14 +109,20 @@ def to_prompt_response(
     """Records as the `{"prompts", "responses"}` input of a CausalLMPreprocessor.
 
     KerasHub's `CausalLMPreprocessor` packs each prompt and response into one
-    sequence and weights the loss on the response tokens only.
+    sequence and weights the loss on the response tokens only. With
+    `gemma_chat`, or when a record is a `Conversation`, the examples also
+    hold `"segments"` and `"sources"` (see `training_segments`), which
+    `training.batching.tokenize` trains on instead: the model's turn closed
+    by `<end_of_turn>`, and every assistant turn of a conversation.
 
     Args:
         records: the records to format.
         template: a name in `PROMPT_TEMPLATES`.
 
     Returns:
-        `{"prompts": [...], "responses": [...]}`, aligned by index.
+        `{"prompts": [...], "responses": [...]}`, aligned by index: the
+        prompt up to the (final) response, and the reference response; plus
+        `"segments"` and `"sources"` as said above.
 
     Raises:
         ConfigError: `template` is not a name in `PROMPT_TEMPLATES`.
@@ -115,7 +134,39 @@ def to_prompt_response(
     ['Hi!']
     """
     records = list(records)
-    return {
+    examples = {
         "prompts": [format_prompt(record, template) for record in records],
         "responses": [record.output for record in records],
     }
+    if template == "gemma_chat" or any(isinstance(r, Conversation) for r in records):
+        examples["segments"] = [training_segments(record, template) for record in records]
+        examples["sources"] = [record.source for record in records]
+    return examples
+
+
+def training_segments(record: Record, template: str = "alpaca") -> list[tuple[str, bool]] | None:
+    """The `(text, trains)` pieces one record trains on, or `None` for the preprocessor's way.
+
+    A `Conversation` gives `conversation_segments` (every assistant turn and
+    its `<end_of_turn>` train); with `gemma_chat` an instruction record is a
+    one-turn conversation (the prompt, then the response and `<end_of_turn>`,
+    which train); with `alpaca` it is `None`: KerasHub's preprocessor packs
+    prompt, response and end token as before.
+
+    Args:
+        record: the record.
+        template: a name in `PROMPT_TEMPLATES`.
+
+    Returns:
+        The pieces, or `None`.
+
+    Example:
+    >>> training_segments(Record("Say hi.", "", "Hi!", "x.jsonl:1"), "gemma_chat")[1:]
+    [('Hi!<end_of_turn>', True), ('\\n', False)]
+    """
+    if isinstance(record, Conversation):
+        return conversation_segments(record)
+    if template != "gemma_chat":
+        return None
+    return [(format_prompt(record, template), False), (record.output + END_OF_TURN, True),
+            ("\n", False)]

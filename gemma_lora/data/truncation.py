@@ -5,6 +5,13 @@ sequence length, so part of (or all of) its response is lost. This module
 counts tokens and reports, before anything trains, how many examples that
 affects and how long the longest one is.
 
+Examples given as `(text, trains)` segments (conversations, `gemma_chat`) are
+cut differently (`fit_segments`, which `training.batching.tokenize` uses): at
+the end of the last assistant turn that fits, so no turn is left half; only
+when not even the first assistant turn fits is it cut mid-turn. An example
+whose every assistant turn lies beyond the sequence length would train on
+nothing: `truncation_report` stops with its source.
+
 Example:
 >>> def words(texts):  # a stand-in tokenizer: one token per word
 ...     return [text.split() for text in texts]
@@ -34,6 +41,8 @@ class TruncationReport:
             `sequence_length` that truncates nothing (start token + prompt +
             response; the end token is only ever a label).
         sequence_length: the sequence length measured against.
+        cut_at_turn: truncated examples given as segments that are cut at a
+            turn boundary (after an assistant turn) rather than mid-turn.
 
     Example:
     >>> print(TruncationReport(total=200, truncated=3, max_tokens=141,
@@ -45,13 +54,16 @@ class TruncationReport:
     truncated: int
     max_tokens: int
     sequence_length: int
+    cut_at_turn: int = 0
 
     def __str__(self) -> str:
         share = 100 * self.truncated / self.total if self.total else 0.0
+        turns = (f" {self.cut_at_turn} of them are cut after their last assistant turn "
+                 "that fits." if self.cut_at_turn else "")
         return (
             f"{self.truncated} of {self.total} examples ({share:.1f}%) exceed "
             f"sequence_length={self.sequence_length} and will be truncated "
-            f"(longest: {self.max_tokens} tokens)."
+            f"(longest: {self.max_tokens} tokens).{turns}"
         )
 
 
@@ -69,18 +81,25 @@ def truncation_report(
     a label) and is truncated when that exceeds `sequence_length`. Truncated
     examples still train, on whatever part of their response fits.
 
+    Examples with `"segments"` (see `to_prompt_response`) need
+    `1 + len(all pieces)` tokens (no end token; the last is only a label)
+    and are cut as `fit_segments` says.
+
     Args:
         tokenizer: a KerasHub tokenizer (e.g. the model's
             `preprocessor.tokenizer`) without a fixed sequence length.
         examples: `{"prompts": [...], "responses": [...]}` as made by
-            `to_prompt_response`.
+            `to_prompt_response`, optionally with `"segments"` and `"sources"`.
         sequence_length: the training sequence length.
 
     Returns:
         A `TruncationReport`; `str()` of it is a one-line summary.
 
     Raises:
-        DataError: `examples` has not as many prompts as responses.
+        DataError: `examples` has not as many prompts as responses, or an
+            example given as segments keeps no trained token (every
+            assistant turn lies beyond `sequence_length`); the message names
+            its source.
 
     Example:
     >>> def words(texts):  # a stand-in tokenizer: one token per word
@@ -95,15 +114,78 @@ def truncation_report(
         raise DataError(
             f"examples has {len(prompts)} prompts but {len(responses)} responses."
         )
-    prompt_lengths = token_counts(tokenizer, prompts)
-    response_lengths = token_counts(tokenizer, responses)
+    segments = examples.get("segments") or [None] * len(prompts)
+    plain = [index for index, pieces in enumerate(segments) if pieces is None]
+    prompt_lengths = token_counts(tokenizer, [prompts[index] for index in plain])
+    response_lengths = token_counts(tokenizer, [responses[index] for index in plain])
     needed = [1 + prompt + response for prompt, response in zip(prompt_lengths, response_lengths)]
+    pieces = [piece for example in segments if example is not None for piece in example]
+    lengths = iter(token_counts(tokenizer, [text for text, _ in pieces]))
+    sources = examples.get("sources") or [f"example {index}" for index in range(len(prompts))]
+    cut_at_turn = 0
+    for index, example in enumerate(segments):
+        if example is None:
+            continue
+        counts = [next(lengths) for _ in example]
+        trains = [train for _, train in example]
+        needed.append(sum(counts))
+        kept, boundary = fit_segments(counts, trains, sequence_length)
+        cut_at_turn += boundary and kept < 1 + sum(counts)
+        first = 1 + sum(counts[:trains.index(True)]) if True in trains else kept
+        if first >= kept:
+            raise DataError(
+                f"{sources[index]}: every assistant turn lies beyond sequence_length="
+                f"{sequence_length} (the first one starts at token {first + 1}), so nothing "
+                "of this example would train; raise sequence_length or shorten the text "
+                "before its first assistant turn."
+            )
     return TruncationReport(
         total=len(needed),
         truncated=sum(length > sequence_length for length in needed),
         max_tokens=max(needed, default=0),
         sequence_length=sequence_length,
+        cut_at_turn=cut_at_turn,
     )
+
+
+def fit_segments(lengths: Sequence[int], trains: Sequence[bool],
+                 sequence_length: int) -> tuple[int, bool]:
+    """How many tokens of an example given as segments are kept.
+
+    The example is a start token and then its pieces' tokens, and a row
+    holds `sequence_length + 1` of them (inputs and the shifted labels).
+    If all fit, all are kept. Otherwise the example is cut at the end of the
+    last trained piece (an assistant turn and its `<end_of_turn>`) that fits,
+    a turn boundary; if none fits, at `sequence_length + 1`.
+
+    Args:
+        lengths: tokens of each piece.
+        trains: whether each piece trains.
+        sequence_length: the training sequence length.
+
+    Returns:
+        `(tokens kept, counting the start token; whether the cut, if any, is
+        at a turn boundary)`.
+
+    Example:
+    >>> fit_segments([5, 3, 4, 3, 1], [False, True, False, True, False], sequence_length=16)
+    (17, True)
+    >>> fit_segments([5, 3, 4, 3, 1], [False, True, False, True, False], sequence_length=12)
+    (9, True)
+    >>> fit_segments([5, 3, 4, 3, 1], [False, True, False, True, False], sequence_length=6)
+    (7, False)
+    """
+    limit = sequence_length + 1
+    end, boundary = 1, None
+    for length, train in zip(lengths, trains):
+        end += length
+        if end > limit:
+            break
+        if train:
+            boundary = end
+    if end <= limit:
+        return end, True
+    return (boundary, True) if boundary is not None else (limit, False)
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:

@@ -33,6 +33,8 @@ from typing import Iterator
 
 import numpy as np
 
+from gemma_lora.data.truncation import fit_segments
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizedSplit:
@@ -65,13 +67,20 @@ class TokenizedSplit:
         return (self.loss_weights > 0).sum(axis=1)
 
 
-def tokenize(preprocessor, examples: dict[str, list[str]], sequence_length: int) -> TokenizedSplit:
+def tokenize(preprocessor, examples: dict[str, list], sequence_length: int) -> TokenizedSplit:
     """Run a KerasHub `CausalLMPreprocessor` once over a whole split.
+
+    Examples with `"segments"` (from `data.to_prompt_response`: conversations,
+    `gemma_chat`) are tokenized piece by piece instead (`tokenize_segments`),
+    the loss on the pieces that train; an example whose segments are `None`
+    goes through the preprocessor as without segments.
 
     Args:
         preprocessor: the model's preprocessor.
-        examples: `{"prompts", "responses"}`.
-        sequence_length: tokens per example (longer ones are truncated).
+        examples: `{"prompts", "responses"}`, optionally with `"segments"`.
+        sequence_length: tokens per example (longer ones are truncated;
+            segments at a turn boundary where possible, see
+            `data.truncation.fit_segments`).
 
     Returns:
         A `TokenizedSplit`.
@@ -84,6 +93,8 @@ def tokenize(preprocessor, examples: dict[str, list[str]], sequence_length: int)
     >>> split.token_ids.shape, split.loss_tokens.tolist()  # loss on the response + end token
     ((2, 32), [2, 2])
     """
+    if examples.get("segments") is not None:
+        return _tokenize_mixed(preprocessor, examples, sequence_length)
     preprocessor.sequence_length = sequence_length
     x, y, weights = preprocessor(dict(examples))
     return TokenizedSplit(
@@ -92,6 +103,74 @@ def tokenize(preprocessor, examples: dict[str, list[str]], sequence_length: int)
         labels=np.asarray(y, dtype="int32"),
         loss_weights=np.asarray(weights, dtype="float32"),
     )
+
+
+def _tokenize_mixed(preprocessor, examples: dict[str, list], sequence_length: int) -> TokenizedSplit:
+    """Examples with segments piece by piece, those without through the preprocessor."""
+    segments = examples["segments"]
+    plain = [index for index, pieces in enumerate(segments) if pieces is None]
+    rows = [index for index, pieces in enumerate(segments) if pieces is not None]
+    split = tokenize_segments(preprocessor.tokenizer, [segments[i] for i in rows], sequence_length)
+    if not plain:
+        return split
+    rest = tokenize(preprocessor, {key: [examples[key][i] for i in plain]
+                                   for key in ("prompts", "responses")}, sequence_length)
+    order = np.argsort(np.array(rows + plain), kind="stable")
+    return TokenizedSplit(*(np.concatenate([a, b])[order] for a, b in zip(
+        dataclasses.astuple(split), dataclasses.astuple(rest))))
+
+
+def tokenize_segments(tokenizer, segments: list[list[tuple[str, bool]]],
+                      sequence_length: int) -> TokenizedSplit:
+    """Examples given as `(text, trains)` pieces as token arrays, the loss on trained pieces.
+
+    Each example is the start token, then each piece tokenized on its own
+    (so a turn marker is always its own token) and no end token: a rendered
+    conversation is exactly Gemma's chat template's text. A target token
+    carries loss when it belongs to a piece that trains. Longer examples are
+    cut as `data.truncation.fit_segments` says: after the last assistant
+    turn that fits.
+
+    Args:
+        tokenizer: the model's KerasHub tokenizer.
+        segments: per example, its pieces.
+        sequence_length: tokens per example.
+
+    Returns:
+        A `TokenizedSplit`.
+
+    Example:
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> pieces = [("Which color? A red mug.", False), ("red", True), ("Thanks.", False)]
+    >>> split = tokenize_segments(tiny_causal_lm().preprocessor.tokenizer, [pieces], 32)
+    >>> split.loss_tokens.tolist()  # the tokens of "red" only
+    [1]
+    """
+    count = len(segments)
+    token_ids = np.zeros((count, sequence_length), dtype="int32")
+    padding_mask = np.zeros((count, sequence_length), dtype=bool)
+    labels = np.zeros((count, sequence_length), dtype="int32")
+    weights = np.zeros((count, sequence_length), dtype="float32")
+    texts = [text for example in segments for text, _ in example]
+    ids = tokenizer(texts) if texts else []
+    if hasattr(ids, "to_list"):  # a tf.RaggedTensor
+        ids = ids.to_list()
+    pieces = iter(ids)
+    for row, example in enumerate(segments):
+        tokens, trains, lengths = [int(tokenizer.start_token_id)], [False], []
+        for _, train in example:
+            piece = [int(i) for i in next(pieces)]
+            tokens += piece
+            trains += [train] * len(piece)
+            lengths.append(len(piece))
+        kept, _ = fit_segments(lengths, [train for _, train in example], sequence_length)
+        tokens, trains = tokens[:kept], trains[:kept]
+        real = min(kept, sequence_length)
+        token_ids[row, :real] = tokens[:real]
+        padding_mask[row, :real] = True
+        labels[row, :kept - 1] = tokens[1:]
+        weights[row, :kept - 1] = trains[1:]
+    return TokenizedSplit(token_ids, padding_mask, labels, weights)
 
 
 def bucket_lengths(sequence_length: int, num_buckets: int = 4) -> tuple[int, ...]:
