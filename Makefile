@@ -18,7 +18,7 @@ export KERAS_BACKEND := jax
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-interop test run-notebooks sweep benchmark wheel clean
+.PHONY: setup setup-interop test run-notebooks sweep benchmark benchmark-generation wheel clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,10 @@ sweep: $(STAMP)
 # e.g. ARGS="--arch gemma3_270m --lengths parametric:0.33 --packing".
 benchmark: $(STAMP)
 	$(PYTHON) benchmarks/train_throughput.py $(ARGS)
+
+# KerasHub generate vs our decoder on the real Gemma 3 270M (ARGS="--prompts 64 --adapter DIR").
+benchmark-generation: $(STAMP)
+	$(PYTHON) benchmarks/generation_speed.py $(ARGS)
 
 # The package as $(DIST)/gemma_lora-<version>-py3-none-any.whl, e.g. to attach to a
 # Kaggle notebook as a dataset (README: "On Kaggle / on Colab"). Its dependencies

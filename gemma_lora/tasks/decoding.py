@@ -104,7 +104,7 @@ class Generations:
 
 
 def supports_fast_decoding(model: keras.Model) -> bool:
-    """Whether `model` is a text-only, causal Gemma 3 with a preprocessor.
+    """Whether `model` is a text-only, causal Gemma 3 with a preprocessor, on JAX.
 
     Args:
         model: a KerasHub `CausalLM`.
@@ -114,7 +114,8 @@ def supports_fast_decoding(model: keras.Model) -> bool:
     """
     backbone = getattr(model, "backbone", None)
     return (
-        isinstance(backbone, keras_hub.models.Gemma3Backbone)
+        keras.config.backend() == "jax"
+        and isinstance(backbone, keras_hub.models.Gemma3Backbone)
         and backbone.text_only_model
         and not backbone.use_bidirectional_attention
         and not backbone.is_embedding_model

@@ -121,7 +121,8 @@ def generate_with_keras_hub(
         The generated continuations (prompt stripped), in prompt order.
     """
     if not temperature:
-        use_greedy_sampling(model)
+        if not isinstance(getattr(model, "sampler", None), keras_hub.samplers.GreedySampler):
+            use_greedy_sampling(model)  # else keep the compiled generate function
     else:
         options = {"temperature": temperature, "seed": seed}
         if top_p is not None:
