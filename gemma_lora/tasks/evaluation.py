@@ -61,18 +61,22 @@ class Evaluation:
 
 
 def extract_answer(generation: str) -> str:
-    """The answer part of a generation: up to the next template section.
+    """The answer part of a generation: up to the end of the model's turn or the next section.
 
     Args:
         generation: text generated after the prompt.
 
     Returns:
-        The generation cut before a `### ...` header, stripped.
+        The generation cut before Gemma's `<end_of_turn>` and before a
+        `### ...` header, stripped.
 
     Example:
     >>> extract_answer(' {"a": 1}\\n\\n### Instruction:\\nmore')
     '{"a": 1}'
+    >>> extract_answer('{"a": 1}<end_of_turn>\\n<start_of_turn>user')
+    '{"a": 1}'
     """
+    generation = generation.split("<end_of_turn>", 1)[0]
     return SECTION_HEADER.split(generation, maxsplit=1)[0].strip()
 
 
