@@ -4,7 +4,9 @@ A data set is a list of `Record`s with the three Alpaca fields
 (`instruction`, optional `input`, `output`), or of `Conversation`s (OpenAI
 `messages` or ShareGPT `conversations` records, see `conversations`), read
 from a JSON list, a JSONL file, a CSV file (`read_records`) or a TensorFlow
-Datasets split written `"tfds:NAME[SPLIT]"` (`read_source`). Every record is checked field by field
+Datasets split written `"tfds:NAME[SPLIT]"`, or a Hugging Face data set
+(`"hf:NAME[SPLIT]"`, a `save_to_disk` folder, Parquet or Arrow files; the
+optional `datasets` package) (`read_source`). Every record is checked field by field
 (an error names the file, the line and the field). Records are turned into
 the `{"prompts": [...], "responses": [...]}` dictionary that KerasHub's
 `CausalLMPreprocessor` takes, in one of the `PROMPT_TEMPLATES`
@@ -15,7 +17,8 @@ texts (`read_labelled`) that become records whose response is the label
 (`to_records`, `load_labelled_splits`, `check_labels`).
 
 Modules: `records` (the record, its fields and their validation),
-`conversations` (multi-turn records in Gemma's turn format), `files`
+`conversations` (multi-turn records in Gemma's turn format), `hf` (Hugging
+Face data sets), `files`
 (JSON, JSONL and CSV), `tfds` (TensorFlow Datasets), `templates` (prompts),
 `splits`, `truncation`, `labelled` (classification) and `messages` (how
 errors quote names). Everything other code needs is re-exported here.
@@ -36,6 +39,10 @@ from gemma_lora.data.conversations import conversation_segments
 from gemma_lora.data.conversations import make_conversation
 from gemma_lora.data.files import FORMATS
 from gemma_lora.data.files import read_records
+from gemma_lora.data.hf import HF_PREFIX
+from gemma_lora.data.hf import is_hf_source
+from gemma_lora.data.hf import load_hf_records
+from gemma_lora.data.hf import parse_hf_source
 from gemma_lora.data.labelled import LABELLED_FIELDS
 from gemma_lora.data.labelled import LabelledText
 from gemma_lora.data.labelled import check_labels
@@ -87,6 +94,11 @@ __all__ = [
     # files
     "FORMATS",
     "read_records",
+    # Hugging Face datasets
+    "HF_PREFIX",
+    "is_hf_source",
+    "load_hf_records",
+    "parse_hf_source",
     # tfds
     "TFDS_PREFIX",
     "load_tfds_records",

@@ -117,7 +117,7 @@ def read_records(
         records = _read_csv(str(path), text, columns)
     else:
         reader = _read_json if suffix == ".json" else _read_jsonl
-        records = reader(str(path), text, _RecordMaker(columns, data_format))
+        records = reader(str(path), text, RecordMaker(columns, data_format))
     if not records:
         raise DataError(f"{path}: the file contains no records.")
     return records
@@ -136,14 +136,31 @@ def _check_is_file(path: str | os.PathLike) -> None:
 # === JSON and JSON Lines ===
 
 
-class _RecordMaker:
-    """Makes each JSON row a `Record` or a `Conversation`, all of a file in one format."""
+class RecordMaker:
+    """Makes each parsed row a `Record` or a `Conversation`, all rows of a source in one format.
+
+    Args:
+        columns: canonical field -> column name (see `resolve_fields`),
+            for instruction records.
+        data_format: `"messages"` or `"sharegpt"` to read every row as a
+            conversation in that format; `None` detects each row's format.
+
+    Example:
+    >>> make = RecordMaker(resolve_fields(None), None)
+    >>> make({"instruction": "Say hi.", "output": "Hi!"}, "x.jsonl:1").output
+    'Hi!'
+    >>> make({"messages": []}, "x.jsonl:2")
+    Traceback (most recent call last):
+    ...
+    gemma_lora.errors.DataError: x.jsonl:2: the record is a 'messages' conversation, but line 1 holds an instruction record; expected every record of a file in one format.
+    """
 
     def __init__(self, columns: Mapping[str, str], data_format: str | None) -> None:
         self.columns, self.data_format = columns, data_format
         self.first: tuple[str | None, str] | None = None  # (format, source) of the first row
 
     def __call__(self, row: Any, source: str, where: str | None = None) -> Record:
+        """The row as a `Record` or `Conversation`, from `source` (errors say `where`)."""
         data_format = self.data_format or detect_format(row)
         if self.first is None:
             self.first = (data_format, source)
@@ -151,7 +168,7 @@ class _RecordMaker:
             first_format, first_source = self.first
             raise DataError(
                 f"{where or source}: the record is {format_name(data_format)}, but "
-                f"line {first_source.rsplit(':', 1)[-1]} holds "
+                f"{_position(first_source)} holds "
                 f"{format_name(first_format)}; expected every record of a file in one format."
             )
         if data_format is None:
@@ -159,7 +176,14 @@ class _RecordMaker:
         return make_conversation(row, source, data_format, where)
 
 
-def _read_jsonl(path: str, text: str, make: _RecordMaker) -> list[Record]:
+def _position(source: str) -> str:
+    """`"line 3"` for a `"path:3"` source, `"example 3"` for a `"name#3"` one."""
+    if "#" in source:
+        return f"example {source.rsplit('#', 1)[-1]}"
+    return f"line {source.rsplit(':', 1)[-1]}"
+
+
+def _read_jsonl(path: str, text: str, make: RecordMaker) -> list[Record]:
     """Records from one JSON object per line."""
     records = []
     for number, line in enumerate(text.split("\n"), start=1):
@@ -181,7 +205,7 @@ def _read_jsonl(path: str, text: str, make: _RecordMaker) -> list[Record]:
     return records
 
 
-def _read_json(path: str, text: str, make: _RecordMaker) -> list[Record]:
+def _read_json(path: str, text: str, make: RecordMaker) -> list[Record]:
     """Records from one JSON list of objects."""
     items = _parse_json(text, path, expected="a JSON list of objects", add_line=True)
     if not isinstance(items, list):

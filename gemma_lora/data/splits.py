@@ -26,6 +26,8 @@ from typing import Any
 
 from gemma_lora.config import RunConfig
 from gemma_lora.data.files import read_records
+from gemma_lora.data.hf import is_hf_source
+from gemma_lora.data.hf import load_hf_records
 from gemma_lora.data.records import Record
 from gemma_lora.data.tfds import TFDS_PREFIX
 from gemma_lora.data.tfds import load_tfds_records
@@ -128,11 +130,13 @@ def _split_size(total: int, fraction: float) -> int:
 def read_source(
     source: str | os.PathLike, fields: Mapping[str, str] | None = None
 ) -> list[Record]:
-    """Instruction records from a file or from a TFDS split.
+    """Instruction records or conversations from a file, a TFDS split or a Hugging Face data set.
 
     Args:
-        source: a `.json`, `.jsonl` or `.csv` file (see `read_records`) or
-            `"tfds:NAME[SPLIT]"` (see `load_tfds_records`).
+        source: a `.json`, `.jsonl` or `.csv` file (see `read_records`),
+            `"tfds:NAME[SPLIT]"` (see `load_tfds_records`), or
+            `"hf:NAME[SPLIT]"`, a `save_to_disk` folder or a `.parquet` or
+            `.arrow` file (see `load_hf_records`).
         fields: canonical field -> column or feature name.
 
     Returns:
@@ -151,6 +155,8 @@ def read_source(
     if source.startswith(TFDS_PREFIX):
         name, split = parse_tfds_source(source)
         return load_tfds_records(name, split, fields)
+    if is_hf_source(source):
+        return load_hf_records(source, fields)
     return read_records(source, fields)
 
 
