@@ -28,6 +28,8 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 QUANTIZATION_MODES = ("int8", "int4")
 # Prompt templates by name; `gemma_lora.data` holds their text.
 TEMPLATES = ("alpaca", "gemma_chat")
+# Where a run reports its numbers (`report_to`; None reports nowhere).
+REPORT_TO = ("tensorboard", "wandb")
 # Loss positions whose logits are built at once (see `steps`); a batch with
 # more is projected in chunks of at most this many.
 DEFAULT_LOSS_CHUNK_SIZE = 512
@@ -128,6 +130,10 @@ class RunConfig:
             together hold probability `top_p`.
         num_samples: side-by-side sample generations shown in the report.
         seed: seed for the split, shuffling and LoRA initialisation.
+        report_to: `"tensorboard"` writes scalars per step, validation and
+            test metrics and the run's parameters under `run_dir/tensorboard/`
+            (`tensorboard --logdir runs/` compares runs); `"wandb"` sends them
+            to Weights & Biases (needs the `wandb` package); `None` neither.
         run_dir: folder where this run writes everything.
 
     Example:
@@ -182,6 +188,7 @@ class RunConfig:
     top_p: float | None = None
     num_samples: int = 6
     seed: int = 0
+    report_to: str | None = "tensorboard"
     run_dir: str = "runs/manual"
 
     def __post_init__(self) -> None:
@@ -212,6 +219,8 @@ class RunConfig:
             check_int("loss_chunk_size", self.loss_chunk_size, minimum=0)
         check_bool("resume", self.resume)
         check_sampling(self.temperature, self.top_k, self.top_p)
+        if self.report_to is not None:
+            check_choice("report_to", self.report_to, REPORT_TO)
         check_fraction("dropout", self.dropout)
         check_positive("learning_rate", self.learning_rate)
         check_positive("epochs", self.epochs)

@@ -70,7 +70,8 @@ def test_fields_that_cannot_change_training_do_not_block_a_resume(saved_checkpoi
              "reference_preset": "gemma3_1b", "max_new_tokens": 8, "eval_batch_size": 2,
              "num_samples": 1, "packing": True, "loss_chunk_size": 64, "data_parallel": 1,
              "model_parallel": 1, "coordinator_address": "auto",
-             "num_processes": 2, "process_id": 1, "temperature": 0.7, "top_k": 40, "top_p": 0.9}
+             "num_processes": 2, "process_id": 1, "temperature": 0.7, "top_k": 40, "top_p": 0.9,
+             "report_to": None}
     extra = {"num_processes": {"process_id": 1}, "process_id": {"num_processes": 2}}
     config = RunConfig(**{field: other[field], **extra.get(field, {})})
     arrays, state = checkpoint.load(saved_checkpoint, checkpoint.fingerprint(config))

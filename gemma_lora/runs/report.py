@@ -18,6 +18,7 @@ import numpy as np
 from gemma_lora import parallel
 from gemma_lora.config import RunConfig
 from gemma_lora.tasks.evaluation import Evaluation
+from gemma_lora.training import tracking
 from gemma_lora.io_utils import write_json_atomic
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ def write_config(config: RunConfig) -> Path:
 def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
     """Write `<run_dir>/metrics.json`: the config's fields plus `results`.
 
+    The numbers of `results` also go where `config.report_to` says, as
+    `test/...` scalars at the run's last step (`training.tracking`), beside
+    the training curves and the run's hparams.
+
     Args:
         config: the run's parameters (its `run_dir` is where the file goes).
         results: JSON-ready results (scores, sizes, timings).
@@ -66,6 +71,7 @@ def write_metrics(config: RunConfig, results: dict[str, Any]) -> Path:
     path = Path(config.run_dir) / METRICS_FILE
     if parallel.is_writer():  # process 0 only, on a multi-host run
         write_json_atomic(path, {**config.to_dict(), "results": results})
+    tracking.log_final_results(config, results)  # test/... scalars where report_to says
     return path
 
 

@@ -6,12 +6,14 @@
   response positions, chunked cross-entropy);
 - `loop`: `train` (AdamW, warm-up and decay, clipping, validation, early
   stopping, resume) and its schedule;
-- `checkpoint`: atomic checkpoints keyed by a fingerprint of the run.
+- `checkpoint`: atomic checkpoints keyed by a fingerprint of the run;
+- `tracking`: where the numbers go (`report_to`: TensorBoard, wandb, none).
 """
 
 from gemma_lora.training import batching
 from gemma_lora.training import checkpoint
 from gemma_lora.training import packed_forward
+from gemma_lora.training import tracking
 from gemma_lora.training.loop import ADAPTER_DIR
 from gemma_lora.training.loop import HISTORY_FIELDS
 from gemma_lora.training.loop import HISTORY_FILE
@@ -33,6 +35,7 @@ __all__ = [
     "checkpoint",
     "make_optimizer",
     "packed_forward",
+    "tracking",
     "train",
     "write_history",
 ]

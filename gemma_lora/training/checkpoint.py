@@ -56,6 +56,7 @@ NOT_FINGERPRINTED = (
     "coordinator_address",  # how the hosts of a multi-host run find each other
     "num_processes",
     "process_id",
+    "report_to",          # where the numbers are reported (TensorBoard, wandb), not what they are
 )
 # Fields naming data files whose contents are fingerprinted too.
 DATA_FILE_FIELDS = ("data_path", "test_data_path")

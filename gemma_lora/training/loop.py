@@ -3,8 +3,11 @@
 AdamW (no weight decay on biases, norms and scales), linear warm-up then
 cosine, linear or constant decay, global-norm gradient clipping, validation
 loss every `eval_every` steps, early stopping on validation loss that keeps
-the best adapter, a progress line with loss and ETA, and the per-step
-history saved as CSV.
+the best adapter, and the per-step history saved as CSV. While it runs, a
+progress bar (`gemma_lora.progress`: a widget in Jupyter, plain lines in a
+log) shows loss, learning rate, tokens/s and ETA, a line with the validation
+loss follows every evaluation (`*` marks an improvement), and the numbers go
+where `config.report_to` says (`tracking`: TensorBoard by default).
 
 The loss is the mean cross-entropy over response tokens only: KerasHub's
 preprocessor masks the prompt out when it is given
@@ -14,6 +17,7 @@ computes logits only at those positions.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import io
@@ -31,13 +35,18 @@ from gemma_lora import lora
 from gemma_lora import parallel
 from gemma_lora.config import RunConfig
 from gemma_lora.io_utils import write_text_atomic
+from gemma_lora.progress import Progress
+from gemma_lora.progress import format_duration
 from gemma_lora.training import batching
 from gemma_lora.training import checkpoint
+from gemma_lora.training import tracking
 from gemma_lora.training.steps import CompiledSteps
 
 HISTORY_FILE = "history.csv"
 ADAPTER_DIR = "adapter"
 HISTORY_FIELDS = ("step", "loss", "learning_rate", "val_loss")
+# Steps whose loss and speed the progress bar averages.
+_RECENT_STEPS = 10
 
 
 class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -154,11 +163,6 @@ class _Progress:
                    state["evals_without_improvement"])
 
 
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{seconds:02d}s"
-
-
 def write_history(history: list[dict], path: str | os.PathLike) -> None:
     """Write the per-step history as CSV, atomically.
 
@@ -202,7 +206,9 @@ def train(
         config: the run's parameters.
         train_examples: `{"prompts", "responses"}` for training.
         validation_examples: `{"prompts", "responses"}` for validation loss.
-        log: where progress lines go.
+        log: where progress lines go: validation lines, and the progress
+            bar's plain lines where it is not drawn as a bar (see
+            `gemma_lora.progress`).
 
     Returns:
         A `TrainResult`.
@@ -220,7 +226,7 @@ def train(
     ...                    warmup_steps=1, run_dir=run_dir)
     >>> result = train(model, config, examples, examples, log=lambda line: None)
     >>> result.steps, result.best_step, sorted(path.name for path in Path(run_dir).iterdir())
-    (3, 3, ['adapter', 'checkpoints', 'history.csv'])
+    (3, 3, ['adapter', 'checkpoints', 'history.csv', 'tensorboard'])
     """
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -257,30 +263,52 @@ def train(
                                         packing=config.packing)
     stopped_early = False
     diverged_at = None
-    for step in range(first_step, total_steps + 1):
-        learning_rate = steps.learning_rate()
-        loss, finite = steps.train_step(next(batches))
-        if not finite:
-            diverged_at = step
-            log(f"Step {step}: the loss or a gradient is not finite (loss {loss}); stopped "
-                f"without applying it. The best adapter (step {progress.best_step}) and the "
-                "last checkpoint are kept. Try a lower learning_rate, dtype='float32', or "
-                "a smaller gradient_clip_norm.")
-            break
-        progress.history.append({"step": step, "loss": loss, "learning_rate": learning_rate,
-                                 "val_loss": None})
-        if step % config.eval_every == 0 or step == total_steps:
-            improved = _evaluate(progress, validation_loss(), steps, model, config)
-            write_history(progress.history, run_dir / HISTORY_FILE)
-            log(_progress_line(progress.history, config, total_steps,
-                               (time.perf_counter() - start) / (step - first_step + 1), improved))
-            stopped_early = progress.evals_without_improvement > config.patience
-        if step % config.checkpoint_interval == 0 or step == total_steps or stopped_early:
-            _save_checkpoint(run_dir, steps, progress, run_fingerprint, config.keep_checkpoints)
-        if stopped_early:
-            log(f"Early stopping: no improvement for {progress.evals_without_improvement} "
-                "evaluations.")
-            break
+    recent = collections.deque(maxlen=_RECENT_STEPS)  # (loss, tokens, seconds) per step
+    with tracking.open_tracker(config) as tracker, Progress(
+            total_steps, "train", initial=progress.step, log=log,
+            mode=None if parallel.is_writer() else "off") as bar:
+        tracker.log_hparams(tracking.hparams_of(config), start_step=progress.step)
+        if progress.step == 0:
+            tracker.log_scalars(0, {"val/loss": progress.best_val_loss})
+        for step in range(first_step, total_steps + 1):
+            step_start = time.perf_counter()
+            learning_rate = steps.learning_rate()
+            batch = next(batches)
+            loss, finite = steps.train_step(batch)
+            if not finite:
+                diverged_at = step
+                bar.write(
+                    f"Step {step}: the loss or a gradient is not finite (loss {loss}); stopped "
+                    f"without applying it. The best adapter (step {progress.best_step}) and the "
+                    "last checkpoint are kept. Try a lower learning_rate, dtype='float32', or "
+                    "a smaller gradient_clip_norm.")
+                break
+            seconds = time.perf_counter() - step_start
+            tokens = _token_count(batch)
+            recent.append((loss, tokens, seconds))
+            progress.history.append({"step": step, "loss": loss, "learning_rate": learning_rate,
+                                     "val_loss": None})
+            tracker.log_scalars(step, {
+                "train/loss": loss, "train/learning_rate": learning_rate,
+                "train/gradient_norm": steps.last_gradient_norm,
+                "train/tokens_per_second": tokens / max(seconds, 1e-9)})
+            bar.update(postfix=_postfix(recent, learning_rate))
+            if step % config.eval_every == 0 or step == total_steps:
+                improved = _evaluate(progress, validation_loss(), steps, model, config)
+                tracker.log_scalars(step, {"val/loss": progress.history[-1]["val_loss"],
+                                           "val/best_loss": progress.best_val_loss})
+                write_history(progress.history, run_dir / HISTORY_FILE)
+                bar.write(_progress_line(
+                    progress.history, config, total_steps,
+                    (time.perf_counter() - start) / (step - first_step + 1), improved))
+                stopped_early = progress.evals_without_improvement > config.patience
+            if step % config.checkpoint_interval == 0 or step == total_steps or stopped_early:
+                _save_checkpoint(run_dir, steps, progress, run_fingerprint,
+                                 config.keep_checkpoints)
+            if stopped_early:
+                bar.write(f"Early stopping: no improvement for "
+                          f"{progress.evals_without_improvement} evaluations.")
+                break
     steps.write_back()
     lora.assign_lora_weights(model, progress.best_values, "best adapter")
     return TrainResult(
@@ -346,5 +374,19 @@ def _progress_line(history: list[dict], config: RunConfig, total_steps: int,
     return (
         f"step {step:>5}/{total_steps} | loss {np.mean(recent):.4f} | "
         f"val_loss {history[-1]['val_loss']:.4f}{' *' if improved else '  '} | "
-        f"{seconds_per_step:.2f} s/step | ETA {_clock(seconds_per_step * (total_steps - step))}"
+        f"{seconds_per_step:.2f} s/step | ETA {format_duration(seconds_per_step * (total_steps - step))}"
     )
+
+
+def _token_count(batch: dict[str, np.ndarray]) -> int:
+    """Tokens of a batch that are not padding (packed or not)."""
+    if "padding_mask" in batch:
+        return int(np.count_nonzero(batch["padding_mask"]))
+    return int(np.count_nonzero(batch["segment_ids"]))
+
+
+def _postfix(recent, learning_rate: float) -> str:
+    """`loss 1.2345 | lr 1.00e-03 | 812 tok/s` over the recent steps."""
+    losses, tokens, seconds = zip(*recent)
+    return (f"loss {np.mean(losses):.4f} | lr {learning_rate:.2e} | "
+            f"{sum(tokens) / max(sum(seconds), 1e-9):,.0f} tok/s")

@@ -49,9 +49,21 @@ class CompiledSteps:
             when a batch has more; `None` or 0 computes them all at once.
 
     Example:
-    >>> steps = CompiledSteps(model, make_optimizer(config, total_steps=100))
-    >>> loss = steps.train_step(batch)
-    >>> steps.write_back()
+    >>> from gemma_lora.config import RunConfig
+    >>> from gemma_lora.lora import LoraConfig, enable_lora
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> from gemma_lora.training import batching, make_optimizer
+    >>> model = tiny_causal_lm()
+    >>> summary = enable_lora(model, LoraConfig(rank=4))
+    >>> examples = {"prompts": ["Which color? A red mug.", "Which color? A blue hat."],
+    ...             "responses": ["red", "blue"]}
+    >>> split = batching.tokenize(model.preprocessor, examples, sequence_length=32)
+    >>> batch = batching.make_batch(split, np.arange(2), buckets=(32,), loss_buffer=8)
+    >>> steps = CompiledSteps(model, make_optimizer(RunConfig(warmup_steps=0), total_steps=10))
+    >>> loss, finite = steps.train_step(batch)
+    >>> finite, steps.mean_loss([batch]) < loss  # one step of AdamW lowers the loss
+    (True, True)
+    >>> steps.write_back()  # the new LoRA weights into the Keras model
     """
 
     def __init__(self, model: keras.Model, optimizer: keras.optimizers.Optimizer | None = None,
@@ -68,10 +80,11 @@ class CompiledSteps:
             self.optimizer_state = [v.value for v in optimizer.variables]
             self._iterations_index = optimizer.variables.index(optimizer.iterations)
         self._dropout_root = jax.random.key(seed)
+        self.last_gradient_norm: float | None = None  # of the latest train_step
         # On several devices, updated values keep their variables' layouts (else
         # the compiler picks its own, and the next step compiles again).
         keep_layouts = {} if keras.distribution.distribution() is None else {"out_shardings": (
-            None, None, [value.sharding for value in self.trainable],
+            None, None, None, [value.sharding for value in self.trainable],
             [value.sharding for value in getattr(self, "optimizer_state", [])])}
         self._train_step = jax.jit(self._train_step_fn, **keep_layouts)
         self._loss_step = jax.jit(self.loss_fn)
@@ -145,10 +158,13 @@ class CompiledSteps:
         finite = jnp.isfinite(loss) & jnp.all(
             jnp.array([jnp.all(jnp.isfinite(g)) for g in grads])
         )
+        # The global norm before clipping (what `gradient_clip_norm` compares), for the logs.
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype("float32"))) for g in grads))
         new_trainable, new_state = self.optimizer.stateless_apply(optimizer_state, grads, trainable)
         # A non-finite loss or gradient leaves every value as it was.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        return loss, finite, keep(new_trainable, trainable), keep(new_state, optimizer_state)
+        return (loss, finite, norm, keep(new_trainable, trainable),
+                keep(new_state, optimizer_state))
 
     # === Public steps ===
 
@@ -158,10 +174,13 @@ class CompiledSteps:
         Returns:
             The loss before the update, and whether the loss and every
             gradient were finite; when they were not, nothing was updated.
+            The gradients' global norm (before clipping) is left in
+            `last_gradient_norm`.
         """
-        loss, finite, self.trainable, self.optimizer_state = self._train_step(
+        loss, finite, norm, self.trainable, self.optimizer_state = self._train_step(
             self.trainable, self.non_trainable, self.optimizer_state, shard_batch(batch)
         )
+        self.last_gradient_norm = float(norm)
         return float(loss), bool(finite)
 
     def loss(self, batch: dict[str, np.ndarray]) -> tuple[float, float]:
@@ -196,18 +215,6 @@ class CompiledSteps:
             for variable, value in zip(self.optimizer.variables, self.optimizer_state):
                 variable.assign(value)
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
-        """Trainable values and optimizer state as named numpy arrays."""
-        arrays = self.trainable_values()
-        for index, value in enumerate(self.optimizer_state):
-            arrays[f"optimizer/{index:04d}"] = np.asarray(value)
-        return arrays
-
-    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        """Restore values saved by `state_arrays` (sizes must match)."""
-        # Reshape: safetensors may store a scalar such as the step counter as [1].
-        self.trainable = [
-            jnp.asarray(arrays[v.path]).reshape(old.shape)
     def is_bound_to(self, model: keras.Model) -> bool:
         """Whether these steps run `model`'s backbone with the same variables.
 
@@ -232,6 +239,18 @@ class CompiledSteps:
         self.trainable = [v.value for v in self.trainable_variables]
         self.non_trainable = [v.value for v in self.non_trainable_variables]
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Trainable values and optimizer state as named numpy arrays."""
+        arrays = self.trainable_values()
+        for index, value in enumerate(self.optimizer_state):
+            arrays[f"optimizer/{index:04d}"] = np.asarray(value)
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore values saved by `state_arrays` (sizes must match)."""
+        # Reshape: safetensors may store a scalar such as the step counter as [1].
+        self.trainable = [
+            jnp.asarray(arrays[v.path]).reshape(old.shape)
             for v, old in zip(self.trainable_variables, self.trainable)
         ]
         self.optimizer_state = [
