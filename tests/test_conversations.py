@@ -1,6 +1,9 @@
 """Conversations: reading `messages` and ShareGPT files, Gemma's turn format, the loss mask."""
 
+import importlib.util
 import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +293,32 @@ def test_a_conversation_trains(tiny_causal_lm, tmp_path):
                        sequence_length=48, warmup_steps=1)
     result = train(tiny_causal_lm, config, examples, examples, log=lambda line: None)
     assert result.steps == 4 and np.isfinite(result.best_val_loss)
+
+
+# === The shipped conversation task ===
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "conversations.jsonl"
+GENERATOR = SHIPPED.with_name("make_conversations.py")
+
+
+def test_shipped_conversations():
+    records = data.read_records(SHIPPED)
+    assert len(records) >= 2000
+    assert len({tuple(record.turns) for record in records}) == len(records)
+    users = Counter(sum(turn.role == "user" for turn in record.turns) for record in records)
+    assert set(users) == {2, 3, 4} and min(users.values()) > 300
+    for record in records:
+        order = json.loads(record.output)
+        assert list(order) == ["item", "color", "quantity", "city"], record.source
+        assert record.output == json.dumps(order, separators=(",", ":")), record.source
+        # The final request never names the order: the answer depends on earlier turns.
+        assert order["city"] not in record.instruction and order["color"] not in record.instruction
+
+
+def test_the_generator_reproduces_the_shipped_conversations(tmp_path):
+    spec = importlib.util.spec_from_file_location("make_conversations", GENERATOR)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path / "conversations.jsonl"
+    module.main(["--output", str(output)])
+    assert output.read_bytes() == SHIPPED.read_bytes()
