@@ -4,7 +4,10 @@ Each file in `tests/bad_inputs/` is one mistake people make with data files
 (wrong encoding, broken JSON, wrong types, mixed layouts, broken CSV quoting,
 compressed or binary files, ...). `read_records` must reject each with a
 `DataError` whose message is exactly the one in `CORPUS`: it names the file,
-the line (and item) and the field, and says what was expected. Large or
+the line (and item) and the field, and says what was expected. The `conv_*`
+files are malformed conversations (`messages` and ShareGPT): their messages
+also name the turn index; one reads but keeps no assistant turn within its
+`sequence_length`, which `truncation_report` refuses. Large or
 odd-shaped inputs (10 MB lines, folders, deep nesting) are made at test time
 in `GENERATED`. `ACCEPTED` lists the near-misses that must still be read.
 """
@@ -20,6 +23,8 @@ import pytest
 
 from gemma_lora.data import DOLLY_FIELDS
 from gemma_lora.data import read_records
+from gemma_lora.data import to_prompt_response
+from gemma_lora.data import truncation_report
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
 
@@ -31,6 +36,13 @@ DOLLY_HINT = (
     "'context', 'output': 'response'} if all records use Dolly's."
 )
 JSONL = "expected a JSON object (one complete object per line)."
+TURNS = "expected a list of turns (objects with 'role' and 'content')."
+TEXT = "expected the turn's text (a non-empty string)."
+ALTERNATE = ("expected user and assistant turns to alternate, starting with the user (as "
+             "Gemma's chat template requires).")
+ONE_SYSTEM = ("expected at most one system turn, the first (Gemma puts its text into the "
+              "first user turn).")
+ROLES = "expected one of 'system', 'user', 'assistant', 'model'."
 TEN_MB = 10 * 1024 * 1024
 
 
@@ -41,6 +53,7 @@ class Case:
     file: str
     message: str
     fields: dict | None = None
+    sequence_length: int | None = None  # set: the error comes from truncation_report
 
 
 CORPUS = [
@@ -178,6 +191,57 @@ CORPUS = [
     Case("row_too_long.csv", "<file>:2: the row has 4 values but the header has 3 columns."),
     Case("empty_output_cell.csv",
          "<file>:3: field 'output' is empty or whitespace only; expected a non-empty string."),
+    # --- conversations (messages and ShareGPT) ---
+    Case("conv_no_assistant.jsonl",
+         "<file>:2: the conversation has no assistant turn; expected at least one (the loss "
+         "falls on assistant turns)."),
+    Case("conv_unknown_role.jsonl",
+         f"<file>:1: messages[1]: field 'role' is 'bot', not a known role; {ROLES}"),
+    Case("conv_role_case.jsonl",
+         f"<file>:1: messages[0]: field 'role' is 'User', not a known role; {ROLES} "
+         "Did you mean 'user'?"),
+    Case("conv_two_system.jsonl", f"<file>:1: messages[1]: a second system turn; {ONE_SYSTEM}"),
+    Case("conv_system_not_first.jsonl",
+         f"<file>:1: messages[1]: a system turn after the first turn; {ONE_SYSTEM}"),
+    Case("conv_two_user_turns.jsonl", f"<file>:3: messages[1]: two user turns in a row; {ALTERNATE}"),
+    Case("conv_starts_with_assistant.jsonl",
+         f"<file>:1: messages[0]: the conversation starts with an assistant turn; {ALTERNATE}"),
+    Case("conv_empty_content.jsonl",
+         f"<file>:1: messages[1]: field 'content' is empty or whitespace only; {TEXT}"),
+    Case("conv_content_number.jsonl",
+         f"<file>:1: messages[1]: field 'content' is a number (42); {TEXT}"),
+    Case("conv_content_null.jsonl", f"<file>:1: messages[1]: field 'content' is null; {TEXT}"),
+    Case("conv_content_parts.jsonl",
+         "<file>:1: messages[0]: field 'content' is a list; expected the turn's text (a "
+         "non-empty string) (lists of content parts, as for images, are not supported: give "
+         "the text as one string)."),
+    Case("conv_duplicate_key_turn.jsonl",
+         "<file>:1: messages[0]: field 'content' appears twice in the turn; expected each "
+         "field once."),
+    Case("conv_messages_not_list.jsonl", f"<file>:1: field 'messages' is a string; {TURNS}"),
+    Case("conv_empty_messages.jsonl", f"<file>:1: field 'messages' is an empty list; {TURNS}"),
+    Case("conv_turn_string.json",
+         "<file>:3 (item [1]): messages[0]: the turn is a string; expected an object with "
+         "'role' and 'content'."),
+    Case("conv_sharegpt_from_missing.jsonl",
+         "<file>:1: conversations[1]: field 'from' is missing; expected one of 'system', "
+         "'human', 'user', 'gpt', 'assistant', 'model', 'chatgpt', 'bard', 'bing', 'claude'. "
+         "Fields present: 'value'."),
+    Case("conv_sharegpt_fields_in_messages.jsonl",
+         f"<file>:1: messages[0]: field 'role' is missing; {ROLES[:-1]}. Fields present: "
+         "'from', 'value'. The turn has ShareGPT's fields ('from', 'value'): name the "
+         "record's list 'conversations'."),
+    Case("conv_mixed_formats.jsonl",
+         "<file>:2: the record is a ShareGPT 'conversations' conversation, but line 1 holds "
+         "a 'messages' conversation; expected every record of a file in one format."),
+    Case("conv_mixed_alpaca_messages.jsonl",
+         "<file>:2: the record is a 'messages' conversation, but line 1 holds an "
+         "instruction record; expected every record of a file in one format."),
+    Case("conv_truncated_away.jsonl",
+         "<file>:2: every assistant turn lies beyond sequence_length=64 (the first one "
+         "starts at token 109), so nothing of this example would train; raise "
+         "sequence_length or shorten the text before its first assistant turn.",
+         sequence_length=64),
 ]
 
 
@@ -186,10 +250,13 @@ def _case_id(case: Case) -> str:
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=_case_id)
-def test_bad_file_gives_its_exact_error(case):
+def test_bad_file_gives_its_exact_error(case, request):
     path = BAD_INPUTS / case.file
     with pytest.raises(DataError) as info:
-        read_records(path, fields=case.fields)
+        records = read_records(path, fields=case.fields)
+        if case.sequence_length:  # the file reads; training it would not
+            tokenizer = request.getfixturevalue("tiny_causal_lm").preprocessor.tokenizer
+            truncation_report(tokenizer, to_prompt_response(records), case.sequence_length)
     assert str(info.value) == case.message.replace("<file>", str(path))
 
 

@@ -241,8 +241,9 @@ def _other_layout(item: Mapping, data_format: str) -> str:
     """A hint when a turn uses the other format's field names."""
     for name, layout in LAYOUTS.items():
         if name != data_format and layout["role"] in item:
-            return (f" The turn uses {format_name(name)}'s fields ({layout['role']!r}, "
-                    f"{layout['text']!r}): write the list as {layout['list']!r}.")
+            owner = "ShareGPT's" if name == "sharegpt" else "the messages format's"
+            return (f" The turn has {owner} fields ({layout['role']!r}, {layout['text']!r}): "
+                    f"name the record's list {layout['list']!r}.")
     return ""
 
 
@@ -250,8 +251,9 @@ def _check_order(turns: list[Turn], where: str) -> None:
     """Raise unless the turns are in Gemma's order with at least one assistant turn."""
     for index, turn in enumerate(turns):
         if turn.role == "system" and index > 0:
-            which = "a second system turn" if turns[0].role == "system" else "a system turn"
-            raise DataError(f"{where}[{index}]: {which} after the first turn; expected at most "
+            which = ("a second system turn" if turns[0].role == "system"
+                     else "a system turn after the first turn")
+            raise DataError(f"{where}[{index}]: {which}; expected at most "
                             "one system turn, the first (Gemma puts its text into the first "
                             "user turn).")
     body = turns[1:] if turns[0].role == "system" else turns
