@@ -49,11 +49,16 @@ test: $(STAMP)
 # Executes each notebook with papermill into runs/<timestamp>/<notebook>/,
 # passing `run_dir` plus any PARAMS (e.g. PARAMS="-p rank 8 -p max_steps 50").
 # papermill exits non-zero and prints the failing cell's error if a cell fails.
+# The notebooks' own output streams here as it is printed (--stdout-file/--stderr-file -:
+# the cells' text only, no cell markers or object reprs), with progress as plain lines
+# every few seconds (GEMMA_LORA_PROGRESS=lines) rather than papermill's cell counter.
 run-notebooks: $(STAMP)
 	@set -e; for nb in $(NOTEBOOK); do \
 	  name=$$(basename $$nb .ipynb); out=$(RUN_ROOT)/$$name; \
 	  mkdir -p $$out; echo "==> $$nb -> $$out/$$name.ipynb"; \
+	  GEMMA_LORA_PROGRESS=$${GEMMA_LORA_PROGRESS:-lines} \
 	  $(PYTHON) -m papermill $$nb $$out/$$name.ipynb --cwd . \
+	    --no-progress-bar --stdout-file - --stderr-file - \
 	    -p run_dir $$out $(PARAMS); \
 	done
 
