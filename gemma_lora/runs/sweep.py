@@ -3,7 +3,9 @@
 `make sweep RANKS="1 2 4 8 16"` calls `main`: every rank and parameter is
 checked first (a bad rank stops the sweep before any training), then the
 fine-tuning notebook runs once per rank into `<output>/rank-<r>/`, and the
-comparison notebook runs on those folders into `<output>/compare/`.
+comparison notebook runs on those folders into `<output>/compare/`. Each
+notebook's own output (training progress as plain lines) streams to the
+terminal while it runs.
 
 Usage:
     python -m gemma_lora.runs.sweep --ranks "1 2 4 8 16" --output runs/my-sweep \\
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from typing import Any
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import GemmaLoraError
+from gemma_lora.progress import MODE_VARIABLE
 
 DEFAULT_NOTEBOOK = "notebooks/01_finetune_gemma_lora.ipynb"
 COMPARE_NOTEBOOK = "notebooks/03_compare_runs.ipynb"
@@ -148,7 +152,11 @@ def run_sweep(
     if execute is None:
         import papermill
 
-        execute = papermill.execute_notebook
+        # As `make run-notebooks`: the notebooks' own text streams here as it is
+        # printed, progress as plain lines (the kernels inherit the variable).
+        os.environ.setdefault(MODE_VARIABLE, "lines")
+        execute = functools.partial(papermill.execute_notebook, progress_bar=False,
+                                    stdout_file=sys.stdout, stderr_file=sys.stderr)
     output = Path(output)
     for rank in ranks:
         run_dir = output / f"rank-{rank}"
