@@ -203,3 +203,25 @@ def test_bar_mode_draws_tqdm_and_keeps_written_lines_whole(capsys):
     drawn = capsys.readouterr().err
     assert "train" in drawn and "3/3" in drawn and "loss 1.0000 | lr 1.00e-03" in drawn
     assert written == ["step     3/3 | loss 1.0000 | val_loss 0.9000 *"]
+
+
+def test_the_gguf_conversion_reports_its_stages_as_lines(monkeypatch, tmp_path, caplog):
+    import logging
+
+    from gemma_lora.models import gguf
+
+    def convert(gguf_path, output_dir, dtype):
+        output_dir.mkdir()
+        (output_dir / "config.json").write_text("{}")
+
+    monkeypatch.setenv(progress.MODE_VARIABLE, "lines")
+    monkeypatch.setattr(gguf, "assemble_gguf", lambda folder: folder / "model.gguf")
+    monkeypatch.setattr(gguf, "convert_gguf_to_preset", convert)
+    with caplog.at_level(logging.INFO, logger=gguf.logger.name):
+        preset = gguf.gemma3_270m_preset(cache_dir=tmp_path)
+    stages = [record.getMessage() for record in caplog.records
+              if record.getMessage().startswith("GGUF conversion")]
+    assert [line.split(" | ")[:2] for line in stages] == [
+        ["GGUF conversion 1/2", "GGUF file assembled, sha256 checked"],
+        ["GGUF conversion 2/2", "dequantized and saved as a float32 KerasHub preset"]]
+    assert (preset / "config.json").is_file()

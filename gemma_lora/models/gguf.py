@@ -44,6 +44,7 @@ from sentencepiece import sentencepiece_model_pb2 as sp_model
 
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import ModelError
+from gemma_lora.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,9 @@ def gemma3_270m_preset(
                 dtype,
                 preset,
             )
-            _save_preset(float32_preset, work_dir / "preset", dtype)
+            with _stages(1) as stages:
+                _save_preset(float32_preset, work_dir / "preset", dtype)
+                stages.update(postfix=f"saved as a {dtype} KerasHub preset")
         else:
             logger.info(
                 "Converting Gemma 3 270M from the PyPI GGUF package %s to a %s "
@@ -185,10 +188,18 @@ def gemma3_270m_preset(
                 dtype,
                 preset,
             )
-            gguf_path = assemble_gguf(work_dir)
-            convert_gguf_to_preset(gguf_path, work_dir / "preset", dtype)
+            with _stages(2) as stages:
+                gguf_path = assemble_gguf(work_dir)
+                stages.update(postfix="GGUF file assembled, sha256 checked")
+                convert_gguf_to_preset(gguf_path, work_dir / "preset", dtype)
+                stages.update(postfix=f"dequantized and saved as a {dtype} KerasHub preset")
         move_into_place(work_dir / "preset", preset)
     return preset
+
+
+def _stages(total: int) -> Progress:
+    """Coarse progress of a conversion: one update per stage, each on its own line in a log."""
+    return Progress(total, "GGUF conversion", unit="stage", log=logger.info, every_seconds=0)
 
 
 def _preset_path(cache_dir: Path, dtype: str) -> Path:
