@@ -33,6 +33,7 @@ True
 """
 
 from gemma_lora.data.conversations import CONVERSATION_FORMATS
+from gemma_lora.data.conversations import END_OF_TURN
 from gemma_lora.data.conversations import Conversation
 from gemma_lora.data.conversations import Turn
 from gemma_lora.data.conversations import conversation_segments
@@ -87,6 +88,7 @@ __all__ = [
     "resolve_fields",
     # conversations
     "CONVERSATION_FORMATS",
+    "END_OF_TURN",
     "Conversation",
     "Turn",
     "conversation_segments",

@@ -182,6 +182,7 @@ def label_log_likelihoods(
     prompts: Sequence[str],
     labels: Sequence[str],
     batch_size: int = 16,
+    end: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-probability of each label (its tokens and the end token) after each prompt.
 
@@ -195,6 +196,8 @@ def label_log_likelihoods(
         prompts: formatted prompts (see `data.format_prompt`).
         labels: the label set.
         batch_size: (prompt, label) pairs per forward pass.
+        end: the text that closes a label instead of the end token, as in
+            training: `"<end_of_turn>"` for the `gemma_chat` template.
 
     Returns:
         `(log_likelihoods, token_counts)`, both `[len(prompts), len(labels)]`:
@@ -214,6 +217,9 @@ def label_log_likelihoods(
         "prompts": [prompt for prompt in prompts for _ in labels],
         "responses": [label for _ in prompts for label in labels],
     }
+    if end is not None:  # scored as trained: the label, then `end` in place of the end token
+        pairs["segments"] = [[(prompt, False), (label + end, True)]
+                             for prompt, label in zip(pairs["prompts"], pairs["responses"])]
     preprocessor = model.preprocessor
     previous_length = preprocessor.sequence_length
     # The longest pair is start + longest prompt + longest label + end; the end
@@ -289,7 +295,8 @@ def evaluate_classifier(
         loss = None
     else:
         prompts = [data.format_prompt(record, template) for record in records]
-        scores, tokens = label_log_likelihoods(model, prompts, labels, batch_size)
+        end = data.END_OF_TURN if template == "gemma_chat" else None
+        scores, tokens = label_log_likelihoods(model, prompts, labels, batch_size, end)
         predictions = [labels[i] for i in scores.argmax(axis=1)]
         truth = np.array([list(labels).index(label) for label in references], dtype=int)
         rows = np.arange(len(records))
