@@ -334,3 +334,23 @@ def test_gemma_chat_labels_are_scored_as_trained(tiny_causal_lm):
                                            end=data.END_OF_TURN)
     np.testing.assert_array_equal(tokens, plain_tokens)  # <end_of_turn> stands for the end token
     assert not np.allclose(closed, plain)
+
+
+@pytest.mark.real_model
+def test_gemma_tokens_of_the_pieces_are_the_tokens_of_the_whole(gemma3_270m_preset):
+    """With Gemma 3's own tokenizer, tokenizing piece by piece gives the rendered text's tokens."""
+    import keras_hub
+
+    tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(str(gemma3_270m_preset))
+    records = data.read_records(SHIPPED)[:300] + [make_conversation({"messages": MESSAGES}, "x:1")]
+    examples = data.to_prompt_response(records)
+    split = batching.tokenize_segments(tokenizer, examples["segments"], 128)
+    end = tokenizer.token_to_id("<end_of_turn>")
+    for row, segments in enumerate(examples["segments"]):
+        whole = [tokenizer.start_token_id] + [int(i) for i in tokenizer(
+            "".join(text for text, _ in segments))]
+        assert split.token_ids[row, :len(whole) - 1].tolist() == whole[:-1]
+        trained = split.labels[row][split.loss_weights[row] > 0].tolist()
+        assert trained.count(end) == sum(turn.role == "assistant" for turn in records[row].turns)
+        expected = "".join(text for text, trains in segments if trains)
+        assert tokenizer.detokenize(trained) == expected
