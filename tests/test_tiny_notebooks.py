@@ -59,6 +59,23 @@ def test_finetuning_notebook_evaluates_the_reference_preset(batch):
     assert results["reference"]["loss"] != results["baseline"]["loss"]  # another model
 
 
+def test_the_executed_notebook_shows_training_progress_and_writes_tensorboard(batch):
+    notebook = json.loads((batch / "01.ipynb").read_text())
+    cell = next(cell for cell in notebook["cells"] if "result = train(" in "".join(cell["source"]))
+    widgets = [output for output in cell["outputs"]
+               if "application/vnd.jupyter.widget-view+json" in output.get("data", {})]
+    if widgets:  # a Jupyter kernel draws tqdm's widget; papermill saves its final state
+        assert "".join(widgets[0]["data"]["text/plain"]).startswith("train:")
+        state = notebook["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]
+        assert any(model["model_name"] == "FloatProgressModel" and model["state"]["value"] == 2
+                   for model in state["state"].values())
+    else:  # GEMMA_LORA_PROGRESS=lines (as make run-notebooks sets) in this environment
+        text = "".join("".join(output.get("text", "")) for output in cell["outputs"])
+        assert "train 2/2 | loss " in text and "\r" not in text
+    events = (batch / "runs" / "01_finetune_gemma_lora" / "tensorboard").glob("events.out.tfevents.*")
+    assert list(events)
+
+
 def test_classification_notebook_writes_the_run_config_and_results(batch):
     run_dir = batch / "runs" / "02_sentiment_classification"
     metrics = json.loads((run_dir / "metrics.json").read_text())
