@@ -53,8 +53,12 @@ class RunConfig:
             skips it.
         dtype: `"float32"`, `"bfloat16"` or `"mixed_bfloat16"`.
         data_path: JSON, JSONL or CSV file of instruction records (or of
-            labelled texts, for classification), or a TensorFlow Datasets
-            split written `"tfds:NAME[SPLIT]"` (`"tfds:imdb_reviews[train]"`).
+            labelled texts, for classification), a JSON or JSONL file of
+            conversations (`messages` or ShareGPT `conversations` records),
+            a TensorFlow Datasets split written `"tfds:NAME[SPLIT]"`
+            (`"tfds:imdb_reviews[train]"`), or a Hugging Face data set:
+            `"hf:NAME[SPLIT]"`, a `save_to_disk` folder or a `.parquet` or
+            `.arrow` file.
         data_fields: optional map from canonical field (`instruction`,
             `input`, `output`; for classification `text`, `label`) to the
             column or feature name in the data.
