@@ -90,7 +90,9 @@ def tiny_run(preset: str, run_dir: str, mesh: tuple | None, **multi_host) -> dic
     weights = {v.path: v for v in model.backbone.weights}
     batch = parallel.shard_batch({"token_ids": np.zeros((8, 16), "int32")})["token_ids"]
     folder = Path(run_dir)
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    # TensorBoard's event files are named after the time and host: one name stands for them.
+    files = sorted({"tensorboard/<events>" if p.parent.name == "tensorboard" else
+                    str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()})
     adapter_error = None
     if (folder / "adapter" / lora.ADAPTER_WEIGHTS).is_file():
         saved = load_file(str(folder / "adapter" / lora.ADAPTER_WEIGHTS))

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "distributed_run.py"
 RUN_FILES = ["adapter/adapter.safetensors", "adapter/adapter_config.json",
              "checkpoints/step-000002/arrays.safetensors", "checkpoints/step-000002/state.json",
-             "history.csv"]
+             "history.csv", "tensorboard/<events>"]
 
 
 def simulated_devices(count: int) -> dict:
@@ -282,7 +282,8 @@ def test_only_process_zero_writes_run_files(tmp_path, monkeypatch, tiny_causal_l
     monkeypatch.setattr(runtime.jax, "process_index", lambda: 0)
     write_everything()
     assert sorted(path.name for path in run_dir.iterdir()) == [
-        "adapter", "checkpoints", "config.json", "history.csv", "loss_curves.png", "metrics.json"]
+        "adapter", "checkpoints", "config.json", "history.csv", "loss_curves.png", "metrics.json",
+        "tensorboard"]
 
 
 # === 8 simulated devices ===
