@@ -42,7 +42,9 @@ def write_rank_sweep(folder: str | os.PathLike, ranks: Sequence[int] = (1, 2, 8)
     folder = Path(folder)
     for rank in ranks:
         gain = math.log2(rank)
-        config = RunConfig(rank=rank, max_steps=50, run_dir=str(folder / f"rank-{rank}"))
+        # No TensorBoard files: these runs were never trained (`report_to=None`).
+        config = RunConfig(rank=rank, max_steps=50, run_dir=str(folder / f"rank-{rank}"),
+                           report_to=None)
         best_val_loss = round(0.5 / (1 + 0.25 * gain), 4)
         history = [{"step": 0, "loss": None, "learning_rate": 0.0, "val_loss": 2.3}]
         history += [{"step": step, "loss": round(best_val_loss + 1.5 / step ** 0.5, 4),
