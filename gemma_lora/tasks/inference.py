@@ -1,10 +1,19 @@
 """Use a tuned model: read requests, answer them in batches, time it, save.
 
 Example:
->>> requests = read_requests("data/order_requests.jsonl")
+>>> import tempfile; folder = tempfile.mkdtemp()
+>>> from gemma_lora.testing import tiny_causal_lm
+>>> model = tiny_causal_lm()  # random weights: its answers are gibberish
+>>> requests = read_requests("data/order_requests.jsonl")[:2]
 >>> prompts = [data.format_prompt(r) for r in requests]
->>> timing = timed_generation(model, prompts, max_new_tokens=48, batch_size=8)
->>> write_predictions("runs/demo/predictions.jsonl", requests, timing.answers)
+>>> timing = timed_generation(model, prompts, max_new_tokens=4, batch_size=2)
+>>> len(timing.answers), timing.seconds > 0
+(2, True)
+>>> write_predictions(f"{folder}/predictions.jsonl", requests, timing.answers)
+>>> import json
+>>> with open(f"{folder}/predictions.jsonl", encoding="utf-8") as file:
+...     sorted(json.loads(file.readline()))
+['input', 'instruction', 'prediction']
 """
 
 from __future__ import annotations
@@ -18,21 +27,21 @@ from typing import Sequence
 import keras_hub
 
 from gemma_lora import data
+from gemma_lora.tasks import decoding
 from gemma_lora.tasks import evaluation
 from gemma_lora.tasks import generation
 from gemma_lora.errors import DataError
 from gemma_lora.io_utils import write_jsonl_atomic
+from gemma_lora.validation import check_sampling
 
 
 def read_requests(path: str | os.PathLike) -> list[data.Record]:
     """Read unanswered requests: JSONL objects with `instruction` and optional `input`.
 
-from gemma_lora.tasks import decoding
     Args:
         path: a `.jsonl` file, one request per line.
 
     Returns:
-from gemma_lora.validation import check_sampling
         Records with an empty `output`.
 
     Raises:
@@ -85,6 +94,10 @@ def timed_generation(
     prompts: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int = 0,
 ) -> GenerationTiming:
     """Answers for `prompts` (greedy unless a temperature is given), timed after compiling.
 
@@ -97,11 +110,11 @@ def timed_generation(
         prompts: formatted prompts.
         max_new_tokens: generation budget per prompt.
         batch_size: prompts per batch.
+        temperature: 0 or None for greedy decoding, else the sampling temperature.
+        top_k: when sampling, only among the `top_k` most likely tokens.
+        top_p: when sampling, only among the tokens holding probability `top_p`.
+        seed: seed of the sampling.
 
-    temperature: float | None = None,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int = 0,
     Returns:
         A `GenerationTiming`.
     """
@@ -121,10 +134,6 @@ def timed_generation(
     generations = generation.generate_responses(model, prompts, max_new_tokens, batch_size, **options)
     seconds = time.perf_counter() - start
     token_ids = model.preprocessor.tokenizer(list(generations))
-        temperature: 0 or None for greedy decoding, else the sampling temperature.
-        top_k: when sampling, only among the `top_k` most likely tokens.
-        top_p: when sampling, only among the tokens holding probability `top_p`.
-        seed: seed of the sampling.
     if hasattr(token_ids, "to_list"):
         token_ids = token_ids.to_list()
     new_tokens = sum(len(ids) + 1 for ids in token_ids)
