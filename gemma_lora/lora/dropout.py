@@ -40,8 +40,19 @@ def dropout_keys(key: jax.Array) -> Iterator[None]:
             the step number; each layer folds in its own index.
 
     Example:
-    >>> with dropout_keys(jax.random.fold_in(jax.random.key(0), step)):
-    ...     hidden = backbone(inputs, training=True)
+    >>> import numpy as np
+    >>> layer = keras.layers.Dense(4, use_bias=False)
+    >>> layer.build((1, 8))
+    >>> layer.enable_lora(2)
+    >>> _ = layer.lora_kernel_b.assign(np.ones((2, 4)))
+    >>> add_dropout(layer, rate=0.5, index=0)
+    >>> x = np.ones((1, 8), "float32")
+    >>> bool((layer(x, training=True) == layer(x)).all())   # no key: no dropout
+    True
+    >>> with dropout_keys(jax.random.key(0)):
+    ...     dropped = layer(x, training=True)
+    >>> bool((dropped == layer(x)).all())
+    False
     """
     token = _ACTIVE_KEY.set(key)
     try:
@@ -53,8 +64,19 @@ def dropout_keys(key: jax.Array) -> Iterator[None]:
 def check_dropout_supported(layer: keras.layers.Layer) -> None:
     """Raise `ConfigError` unless `layer` can take LoRA dropout (no activation).
 
+    Args:
+        layer: a `Dense` or `EinsumDense` layer that would get LoRA.
+
+    Raises:
+        ConfigError: the layer has an activation, so its LoRA branch cannot
+            be added to a linear output.
+
     Example:
-    >>> check_dropout_supported(model.backbone.get_layer("decoder_block_0").attention.query_dense)
+    >>> check_dropout_supported(keras.layers.Dense(4))
+    >>> check_dropout_supported(keras.layers.Dense(4, activation="relu", name="ffw"))
+    Traceback (most recent call last):
+    ...
+    gemma_lora.errors.ConfigError: dropout > 0 needs target layers without an activation ...
     """
     if layer.activation not in (None, keras.activations.linear):
         raise ConfigError(
@@ -75,8 +97,12 @@ def add_dropout(layer: keras.layers.Layer, rate: float, index: int) -> None:
             key so each layer draws its own mask.
 
     Example:
-    >>> layer.enable_lora(8)
+    >>> layer = keras.layers.EinsumDense("ab,bc->ac", output_shape=4)
+    >>> layer.build((1, 8))
+    >>> layer.enable_lora(2)
     >>> add_dropout(layer, rate=0.05, index=0)
+    >>> layer.lora_dropout
+    0.05
     """
     equation = getattr(layer, "equation", None)
     for method in ("call", "quantized_call"):
