@@ -42,6 +42,8 @@ NO_GPU_LINES = (
     "computation placer already registered",
     "TF-TRT Warning: Could not find TensorRT",
 )
+# SentencePiece's C++ notice, printed each time a Gemma tokenizer is built from its proto.
+TOKENIZER_LINES = ("precompiled_charsmap is empty. use identity normalization.",)
 
 
 def has_nvidia_device() -> bool:

