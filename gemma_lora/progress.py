@@ -153,7 +153,7 @@ class Progress:
         seconds_per_unit = self.seconds_per_unit(now)
         if seconds_per_unit is None:
             parts.append("ETA ?")
-        else:
+        elif seconds_per_unit > 0:  # 0: done at the first update, no rate to show
             rate = (f"{seconds_per_unit:.2f} s/{self.unit}" if seconds_per_unit >= 1
                     else f"{1 / max(seconds_per_unit, 1e-9):.2f} {self.unit}/s")
             parts += [rate, f"ETA {format_duration(seconds_per_unit * (self.total - self.n))}"]

@@ -324,17 +324,6 @@ def test_the_generator_reproduces_the_shipped_conversations(tmp_path):
     assert output.read_bytes() == SHIPPED.read_bytes()
 
 
-def test_gemma_chat_labels_are_scored_as_trained(tiny_causal_lm):
-    from gemma_lora.tasks.classification import label_log_likelihoods
-
-    prompt = data.format_prompt(data.Record("Sentiment?", "I loved it.", "positive", "r:1"),
-                                "gemma_chat")
-    plain, plain_tokens = label_log_likelihoods(tiny_causal_lm, [prompt], ["positive", "negative"])
-    closed, tokens = label_log_likelihoods(tiny_causal_lm, [prompt], ["positive", "negative"],
-                                           end=data.END_OF_TURN)
-    np.testing.assert_array_equal(tokens, plain_tokens)  # <end_of_turn> stands for the end token
-    assert not np.allclose(closed, plain)
-
 
 @pytest.mark.real_model
 def test_gemma_tokens_of_the_pieces_are_the_tokens_of_the_whole(gemma3_270m_preset):

@@ -402,10 +402,10 @@ def test_second_call_reuses_the_cached_preset(gemma3_270m_preset, monkeypatch, c
 
     monkeypatch.setattr(gguf, "assemble_gguf", fail)
     monkeypatch.setattr(gguf, "convert_gguf_to_preset", fail)
-    with caplog.at_level(logging.INFO, logger="gemma_lora.gguf"):
+    with caplog.at_level(logging.INFO, logger="gemma_lora.models.gguf"):
         again = gguf.gemma3_270m_preset(dtype="float32", cache_dir=gemma3_270m_preset.parent)
     assert again == gemma3_270m_preset
-    assert [r.getMessage() for r in caplog.records if r.name == "gemma_lora.gguf"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "gemma_lora.models.gguf"] == [
         f"Using cached Gemma 3 270M preset converted from PyPI GGUF: {again}"
     ]
 
@@ -415,10 +415,11 @@ def test_bfloat16_preset_from_the_float32_one(gemma3_270m_preset, real_causal_lm
     import keras_hub
 
     (tmp_path / gemma3_270m_preset.name).symlink_to(gemma3_270m_preset)
-    with caplog.at_level(logging.INFO, logger="gemma_lora.gguf"):
+    with caplog.at_level(logging.INFO, logger="gemma_lora.models.gguf"):
         preset = gguf.gemma3_270m_preset(dtype="bfloat16", cache_dir=tmp_path)
-    messages = [r.getMessage() for r in caplog.records if r.name == "gemma_lora.gguf"]
-    assert len(messages) == 1 and "cached float32" in messages[0], messages
+    messages = [r.getMessage() for r in caplog.records if r.name == "gemma_lora.models.gguf"]
+    assert len(messages) == 2 and "cached float32" in messages[0], messages
+    assert messages[1] == "GGUF conversion 1/1 | saved as a bfloat16 KerasHub preset"
     assert preset == tmp_path / "gemma3_270m_pypi-bfloat16"
     assert sorted(p.name for p in tmp_path.iterdir()) == [preset.name, gemma3_270m_preset.name]
 

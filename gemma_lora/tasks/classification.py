@@ -182,7 +182,6 @@ def label_log_likelihoods(
     prompts: Sequence[str],
     labels: Sequence[str],
     batch_size: int = 16,
-    end: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-probability of each label (its tokens and the end token) after each prompt.
 
@@ -196,8 +195,6 @@ def label_log_likelihoods(
         prompts: formatted prompts (see `data.format_prompt`).
         labels: the label set.
         batch_size: (prompt, label) pairs per forward pass.
-        end: the text that closes a label instead of the end token, as in
-            training: `"<end_of_turn>"` for the `gemma_chat` template.
 
     Returns:
         `(log_likelihoods, token_counts)`, both `[len(prompts), len(labels)]`:
@@ -217,9 +214,6 @@ def label_log_likelihoods(
         "prompts": [prompt for prompt in prompts for _ in labels],
         "responses": [label for _ in prompts for label in labels],
     }
-    if end is not None:  # scored as trained: the label, then `end` in place of the end token
-        pairs["segments"] = [[(prompt, False), (label + end, True)]
-                             for prompt, label in zip(pairs["prompts"], pairs["responses"])]
     preprocessor = model.preprocessor
     previous_length = preprocessor.sequence_length
     # The longest pair is start + longest prompt + longest label + end; the end
@@ -295,8 +289,7 @@ def evaluate_classifier(
         loss = None
     else:
         prompts = [data.format_prompt(record, template) for record in records]
-        end = data.END_OF_TURN if template == "gemma_chat" else None
-        scores, tokens = label_log_likelihoods(model, prompts, labels, batch_size, end)
+        scores, tokens = label_log_likelihoods(model, prompts, labels, batch_size)
         predictions = [labels[i] for i in scores.argmax(axis=1)]
         truth = np.array([list(labels).index(label) for label in references], dtype=int)
         rows = np.arange(len(records))
@@ -407,12 +400,33 @@ def train_classifier(
     if isinstance(model, keras_hub.models.TextClassifier):
         return text_classifier.train_text_classifier(
             model, config, splits.train, splits.validation, labels, log)
-    return training.train(
-        model, config,
-        data.to_prompt_response(splits.train, config.template),
-        data.to_prompt_response(splits.validation, config.template),
-        log=log,
-    )
+    return training.train(model, config, label_examples(splits.train, config.template),
+                          label_examples(splits.validation, config.template), log=log)
+
+
+def label_examples(records: Sequence[data.Record], template: str) -> dict[str, list[str]]:
+    """Prompt -> label pairs for training, the label closed by the end token.
+
+    The label is trained exactly as `label_log_likelihoods` scores it (its
+    tokens, then the end token), with either template: a `gemma_chat` record
+    is not closed by `<end_of_turn>` here. Trained that way, 12 steps on the
+    real Gemma 3 270M learnt the closing token at the cost of the labels
+    (macro-F1 0.65 -> 0.36 on 48 reviews, `tests/test_classify_real_model.py`).
+
+    Args:
+        records: labelled records (`data.to_records`).
+        template: the prompt template.
+
+    Returns:
+        `{"prompts": [...], "responses": [...]}`.
+
+    Example:
+    >>> from gemma_lora.data import Record
+    >>> label_examples([Record("Sentiment?", "Loved it.", "positive", "r:1")], "gemma_chat")["responses"]
+    ['positive']
+    """
+    return {"prompts": [data.format_prompt(record, template) for record in records],
+            "responses": [record.output for record in records]}
 
 
 def example_text(model: keras.Model, record: data.Record, template: str = "alpaca") -> str:
