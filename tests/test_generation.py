@@ -233,3 +233,25 @@ def test_response_token_loss_reuses_one_compiled_step_per_model(tiny_causal_lm, 
     assert tasks.loss_steps(tiny_causal_lm) is tuned_steps
     assert changed != pytest.approx(base, abs=1e-3)  # the new values are read
     assert len(traces) == compiled  # and nothing was compiled again
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["decoder", "keras_hub"])
+def test_generation_progress_counts_every_prompt_as_plain_lines(lively_lm, capsys, monkeypatch,
+                                                                 fast):
+    monkeypatch.setenv("GEMMA_LORA_PROGRESS", "lines")
+    if not fast:
+        monkeypatch.setattr(decoding, "supports_fast_decoding", lambda model: False)
+    prompts = ["### Instruction:\nWhich color?", "A red mug.", "A blue hat on a shelf."]
+    texts = generation.generate_responses(lively_lm, prompts, 3, batch_size=2,
+                                          progress="generate (test)")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(texts) == 3
+    assert lines[0].startswith("generate (test) 2/3 |") and lines[-1].startswith("generate (test) 3/3 |")
+    assert "\r" not in "".join(lines)
+    assert ("new tokens/s" in lines[-1]) == fast
+
+
+def test_generation_shows_no_progress_unless_asked(lively_lm, capsys, monkeypatch):
+    monkeypatch.setenv("GEMMA_LORA_PROGRESS", "lines")
+    generation.generate_responses(lively_lm, ["A red mug."], 2, batch_size=1)
+    assert capsys.readouterr().out == ""

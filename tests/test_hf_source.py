@@ -97,3 +97,18 @@ def test_without_the_datasets_package(monkeypatch, tmp_path):
     with pytest.raises(DataError, match=r"^hf:imdb: reading Hugging Face data sets needs the "
                                         r"optional `datasets` package"):
         load_hf_records("hf:imdb")
+
+
+def test_a_saved_folder_is_content_hashed_for_resume(datasets, tmp_path):
+    from gemma_lora.training.checkpoint import fingerprint
+
+    folder = tmp_path / "saved"
+    rows = {"instruction": ["Say hi.", "Say bye."], "output": ["hi", "bye"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows)}).save_to_disk(str(folder))
+    source = f"{folder}[train]"
+    first = fingerprint(RunConfig(data_path=source))["data_path_sha256"]
+    assert first is not None and first == fingerprint(RunConfig(data_path=source))["data_path_sha256"]
+    changed = {"instruction": ["Say hi.", "Say bye."], "output": ["hi", "ciao"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(changed)}).save_to_disk(str(folder))
+    assert fingerprint(RunConfig(data_path=source))["data_path_sha256"] != first
+    assert fingerprint(RunConfig(data_path="hf:imdb[test]"))["data_path_sha256"] is None

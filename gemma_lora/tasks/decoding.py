@@ -43,6 +43,7 @@ import keras
 import keras_hub
 import numpy as np
 
+from gemma_lora.progress import Progress
 from gemma_lora.tasks import stopping
 
 # Why a row stopped (`Generations.stop_reasons`).
@@ -373,7 +374,8 @@ class Decoder:
                    in self._batches(prompts, max_new_tokens, batch_size, sampling, stop_at_section))
 
     def decode(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-               sampling: Sampling = Sampling(), stop_at_section: bool = False) -> Generations:
+               sampling: Sampling = Sampling(), stop_at_section: bool = False,
+               progress: Progress | None = None) -> Generations:
         """Continuations of `prompts`, `batch_size` rows per compiled batch.
 
         Args:
@@ -384,10 +386,13 @@ class Decoder:
             sampling: greedy by default.
             stop_at_section: also stop a row when its text reaches the
                 template's next `###` section, and cut the text there.
+            progress: counts each batch's prompts as done, with the new
+                tokens per second so far.
 
         Returns:
             `Generations`, in prompt order.
         """
+        start, new_tokens = time.perf_counter(), 0
         ids: list[list[int]] = [[] for _ in prompts]
         reasons = [BUDGET] * len(prompts)
         compile_seconds, shapes_used = 0.0, set()
@@ -400,6 +405,10 @@ class Decoder:
             for row, i in enumerate(chunk):
                 ids[i] = out[row, :counts[row]].tolist()
                 reasons[i] = int(why[row])
+            if progress is not None:
+                new_tokens += int(counts[:len(chunk)].sum())
+                rate = new_tokens / max(time.perf_counter() - start, 1e-9)
+                progress.update(len(chunk), postfix=f"{rate:.1f} new tokens/s")
         # The end token is not part of the text (as in `generate`'s output mask).
         texts = self.texts([row[:-1] if reason == END_TOKEN else row
                             for row, reason in zip(ids, reasons)])
@@ -452,7 +461,7 @@ def decoder_for(model: keras_hub.models.CausalLM) -> Decoder:
 
 def decode(model: keras_hub.models.CausalLM, prompts: Sequence[str], max_new_tokens: int,
            batch_size: int, sampling: Sampling = Sampling(),
-           stop_at_section: bool = False) -> Generations:
+           stop_at_section: bool = False, progress: Progress | None = None) -> Generations:
     """Continuations of `prompts` with the model's cached `Decoder` (see `Decoder.decode`).
 
     Args:
@@ -462,6 +471,7 @@ def decode(model: keras_hub.models.CausalLM, prompts: Sequence[str], max_new_tok
         batch_size: rows per compiled batch.
         sampling: greedy by default.
         stop_at_section: also stop at the template's next `###` section.
+        progress: counts the prompts done (see `Decoder.decode`).
 
     Returns:
         `Generations`, in prompt order.
@@ -473,4 +483,5 @@ def decode(model: keras_hub.models.CausalLM, prompts: Sequence[str], max_new_tok
     >>> len(result.token_ids[0]) <= 4
     True
     """
-    return decoder_for(model).decode(prompts, max_new_tokens, batch_size, sampling, stop_at_section)
+    return decoder_for(model).decode(prompts, max_new_tokens, batch_size, sampling,
+                                     stop_at_section, progress)

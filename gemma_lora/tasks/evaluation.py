@@ -191,6 +191,7 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int,
     sequence_length: int,
+    progress: str | None = None,
 ) -> Evaluation:
     """Loss, perplexity, exact match and ROUGE-L on held-out examples.
 
@@ -200,6 +201,8 @@ def evaluate(
         max_new_tokens: generation budget per example.
         batch_size: examples per batch.
         sequence_length: tokens per example for the loss.
+        progress: when given, the description of a progress bar over the
+            generations (`"generate (baseline)"`); none by default.
 
     Returns:
         An `Evaluation`.
@@ -217,7 +220,8 @@ def evaluate(
     """
     loss = response_token_loss(model, examples, batch_size, sequence_length)
     start = time.perf_counter()
-    generations = generate_responses(model, examples["prompts"], max_new_tokens, batch_size)
+    generations = generate_responses(model, examples["prompts"], max_new_tokens, batch_size,
+                                     progress=progress)
     seconds = time.perf_counter() - start
     predictions = [extract_answer(text) for text in generations]
     references = examples["responses"]

@@ -11,6 +11,7 @@ from typing import Sequence
 
 import keras_hub
 
+from gemma_lora.progress import Progress
 from gemma_lora.tasks import decoding
 from gemma_lora.tasks import stopping
 from gemma_lora.validation import check_int
@@ -37,6 +38,7 @@ def generate_responses(
     top_p: float | None = None,
     seed: int = 0,
     stop_at_section: bool = True,
+    progress: str | None = None,
 ) -> list[str]:
     """Generations for many prompts, greedy unless a temperature is given.
 
@@ -61,6 +63,9 @@ def generate_responses(
             prompt's sample does not depend on its batch).
         stop_at_section: stop a prompt where its text starts the template's
             next `### ...` section, and cut the text there.
+        progress: when given, the description of a progress bar over the
+            prompts (a plain line every few seconds in a headless log; see
+            `gemma_lora.progress`), e.g. `"generate (tuned)"`.
 
     Returns:
         The generated continuations (prompt and end token stripped), in
@@ -78,12 +83,14 @@ def generate_responses(
     check_sampling(temperature, top_k, top_p)
     if not prompts:
         return []
-    if decoding.supports_fast_decoding(model):
-        sampling = decoding.Sampling(temperature or None, top_k, top_p, seed)
-        return decoding.decode(model, prompts, max_new_tokens, batch_size, sampling,
-                               stop_at_section=stop_at_section).texts
-    texts = generate_with_keras_hub(model, prompts, max_new_tokens, batch_size,
-                                    temperature, top_k, top_p, seed)
+    with Progress(len(prompts), progress or "generate", unit="prompt",
+                  mode=None if progress else "off") as bar:
+        if decoding.supports_fast_decoding(model):
+            sampling = decoding.Sampling(temperature or None, top_k, top_p, seed)
+            return decoding.decode(model, prompts, max_new_tokens, batch_size, sampling,
+                                   stop_at_section=stop_at_section, progress=bar).texts
+        texts = generate_with_keras_hub(model, prompts, max_new_tokens, batch_size,
+                                        temperature, top_k, top_p, seed, progress=bar)
     if stop_at_section:
         texts = [stopping.SECTION_HEADER.split(text, maxsplit=1)[0] for text in texts]
     return texts
@@ -98,6 +105,7 @@ def generate_with_keras_hub(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int = 0,
+    progress: Progress | None = None,
 ) -> list[str]:
     """Generations through KerasHub's `generate`, in fixed-shape batches.
 
@@ -116,6 +124,7 @@ def generate_with_keras_hub(
         top_k: when sampling, the number of most likely tokens kept.
         top_p: when sampling, the probability mass kept.
         seed: the sampler's seed.
+        progress: counts each batch's prompts as done.
 
     Returns:
         The generated continuations (prompt stripped), in prompt order.
@@ -147,4 +156,6 @@ def generate_with_keras_hub(
         padded = batch + [batch[0]] * (batch_size - len(batch))
         generated = model.generate(padded, max_length=max_length, strip_prompt=True)
         outputs.update(zip(chunk, generated))
+        if progress is not None:
+            progress.update(len(chunk))
     return [outputs[i] for i in range(len(prompts))]

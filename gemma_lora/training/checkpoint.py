@@ -71,7 +71,8 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
     Returns:
         Every `RunConfig` field but `NOT_FINGERPRINTED`, as JSON values,
         plus `<field>_sha256`: the contents of each data file named by
-        `DATA_FILE_FIELDS` (None for a TFDS source or an unset field).
+        `DATA_FILE_FIELDS`, or of a `save_to_disk` folder (None for a TFDS
+        or `hf:` name, or an unset field).
 
     Example:
     >>> from gemma_lora.config import RunConfig
@@ -87,12 +88,28 @@ def fingerprint(config: RunConfig) -> dict[str, Any]:
 
 
 def _file_sha256(path: str | None) -> str | None:
-    if path is None or not os.path.isfile(path):
+    """Contents of a data file, or of every file under a `save_to_disk` folder.
+
+    A folder may carry a `[SPLIT]` suffix (`"folder[test]"`); the whole
+    folder is hashed then, file names included. Anything else (a TFDS or
+    `hf:` name, an unset field) gives None.
+    """
+    if path is None:
+        return None
+    folder = Path(re.sub(r"\[[^\]]*\]$", "", path))
+    if os.path.isfile(path):
+        files, root = [Path(path)], None
+    elif folder.is_dir():
+        files, root = sorted(p for p in folder.rglob("*") if p.is_file()), folder
+    else:
         return None
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
+    for file_path in files:
+        if root is not None:
+            digest.update(file_path.relative_to(root).as_posix().encode() + b"\0")
+        with open(file_path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
