@@ -134,3 +134,24 @@ def test_inference_notebook_answers_requests_with_the_batch_adapter(batch):
     assert speed["requests"] == 12
     assert speed["same_answers_merged_vs_unmerged"] == 12
     assert speed["merged_tokens_per_second"] > 0 and speed["unmerged_tokens_per_second"] > 0
+
+
+def test_a_sharegpt_file_trains_through_the_finetuning_notebook(tmp_path):
+    """Only `data_path` (and Gemma's turn format) change to train on ShareGPT conversations."""
+    roles = {"user": "human", "assistant": "gpt"}
+    with open("data/conversations.jsonl") as source, open(tmp_path / "chats.jsonl", "w") as out:
+        for line in source.readlines()[:120]:
+            turns = [{"from": roles[turn["role"]], "value": turn["content"]}
+                     for turn in json.loads(line)["messages"]]
+            out.write(json.dumps({"conversations": turns}) + "\n")
+    model = tiny_presets.save_tiny_gemma_preset(tmp_path / "preset", seed=0)
+    run_dir = tmp_path / "run"
+    completed = papermill(NOTEBOOK_01, tmp_path / "01.ipynb", preset=model,
+                          data_path=tmp_path / "chats.jsonl", template="gemma_chat",
+                          run_dir=run_dir, max_steps=2, eval_every=2, warmup_steps=1,
+                          num_samples=1, validation_fraction=0.05, test_fraction=0.05,
+                          max_new_tokens=4, eval_batch_size=8)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads((run_dir / "metrics.json").read_text())["results"]
+    assert results["steps"] == 2 and results["tuned"]["num_examples"] == 6
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()
