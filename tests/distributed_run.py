@@ -12,6 +12,10 @@ Usage (from the repository root):
         (4 devices per process) one of two processes of a 2×4 multi-host
         run on 127.0.0.1:PORT, training into RUN_DIR (only process 0 writes).
 
+Every run starts from the same random adapter (A and B drawn from a fixed
+seed, so B != 0 and the first steps exercise the LoRA path, not only the
+base) and trains `STEPS` steps; its last checkpoint holds the final adapter.
+
 OUT_JSON gets, per run: the training losses, the sharding of selected
 weights, optimizer slots and a batch, the files of the run folder, and how
 far the saved adapter is from the model's LoRA weights.
@@ -51,6 +55,8 @@ WATCHED = (
     "decoder_block_0/ffw_gating/lora_kernel_b",
     "decoder_block_0/ffw_linear/lora_kernel_a",
 )
+# Training steps of every run; the one evaluation and checkpoint come at the end.
+STEPS = 4
 # The optimizer slots (AdamW momentum) of two LoRA matrices.
 WATCHED_SLOTS = (
     "decoder_block_0_attention_query_lora_kernel_a_momentum",
@@ -64,10 +70,17 @@ def spec(array) -> list:
     return axes + [None] * (array.ndim - len(axes))
 
 
+def random_adapter(shapes: dict[str, tuple], seed: int = 0, stddev: float = 0.1) -> dict:
+    """The same random LoRA matrices in every run: `{path: array}` for `{path: shape}`."""
+    rng = np.random.default_rng(seed)
+    return {path: rng.normal(0.0, stddev, shape).astype("float32")
+            for path, shape in sorted(shapes.items())}
+
+
 def tiny_run(preset: str, run_dir: str, mesh: tuple | None, **multi_host) -> dict:
     examples = {"train": _color_examples(64, seed=1), "validation": _color_examples(8, seed=2)}
     config = RunConfig(preset=preset, rank=4, alpha=8, target_layers="all-linear", batch_size=8,
-                       sequence_length=48, max_steps=2, eval_every=2, eval_batch_size=8,
+                       sequence_length=48, max_steps=STEPS, eval_every=STEPS, eval_batch_size=8,
                        warmup_steps=1, learning_rate=1e-3, run_dir=run_dir, data_path=__file__,
                        data_parallel=mesh[0] if mesh else "auto",
                        model_parallel=mesh[1] if mesh else "auto", **multi_host)
@@ -76,8 +89,10 @@ def tiny_run(preset: str, run_dir: str, mesh: tuple | None, **multi_host) -> dic
     else:
         keras.distribution.set_distribution(None)
     model = models.load_causal_lm(config.preset)
-    keras.utils.set_random_seed(0)  # the same LoRA initialisation in every run
     lora.enable_lora(model, lora.LoraConfig.from_run(config))
+    # The LoRA matrices are the only trainable weights.
+    lora.assign_lora_weights(model, random_adapter(
+        {v.path: v.shape for v in model.backbone.trainable_variables}), "random adapter")
     optimizers = []
     make_optimizer = loop.make_optimizer  # the loop's own reference, to keep the optimizer
     loop.make_optimizer = lambda *args: optimizers.append(make_optimizer(*args)) or optimizers[0]

@@ -16,7 +16,8 @@ import dataclasses
 import gzip
 import json
 import re
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,12 +322,11 @@ GENERATED = {
 
 
 @pytest.mark.parametrize("make, pattern", GENERATED.values(), ids=GENERATED.keys())
-def test_generated_bad_input_gives_its_error_fast(tmp_path, make, pattern):
+def test_generated_bad_input_gives_its_error(tmp_path, make, pattern):
+    # How fast: benchmarks/data_reading.py.
     path = make(tmp_path)
-    start = time.perf_counter()
     with pytest.raises(DataError) as info:
         read_records(path)
-    assert time.perf_counter() - start < 2.0
     expected = pattern.replace("<file>", re.escape(str(path)))
     assert re.fullmatch(expected, str(info.value)), str(info.value)[:500]
 
@@ -384,13 +384,24 @@ def test_near_miss_is_read(tmp_path, name, content, expected):
     assert [(r.instruction, r.input, r.output) for r in records] == expected
 
 
-def test_ten_megabyte_record_is_read_fast(tmp_path):
+def test_ten_megabyte_record_is_read(tmp_path):
     output = "word " * (TEN_MB // 5)
     path = _write(tmp_path, "big.jsonl", json.dumps({"instruction": "Summarize.", "output": output}))
-    start = time.perf_counter()
     (record,) = read_records(path)
-    assert time.perf_counter() - start < 2.0
-    assert record.output == output
+    assert (record.instruction, record.input, record.output) == ("Summarize.", "", output)
+
+
+def test_reading_speed_benchmark_reads_and_refuses_its_inputs():
+    command = [sys.executable, "benchmarks/data_reading.py", "--mb", "0.5", "--repeats", "1"]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                               cwd=BAD_INPUTS.parents[1])
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = [line.strip("|").split("|") for line in completed.stdout.splitlines()[2:]]
+    assert [(name.strip(), result.split(":")[0].strip()) for name, _, _, result in rows] == [
+        ("record", "1 record(s)"), ("line not JSON", "DataError"), ("CSV field", "DataError"),
+        ("field name", "DataError"), ("nested lists", "DataError"),
+        ("5,000-digit integer", "DataError")]
+    assert all(re.fullmatch(r" [\d,.]+ ms ", seconds) for _, _, seconds, _ in rows)
 
 
 def test_corpus_size():

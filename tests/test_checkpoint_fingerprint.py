@@ -100,14 +100,59 @@ def test_a_checkpoint_of_an_older_version_is_refused_with_what_it_lacks(tmp_path
         checkpoint.load(checkpoint.latest(tmp_path), checkpoint.fingerprint(RunConfig()))
 
 
-def test_train_refuses_to_resume_a_run_with_another_dropout(tiny_causal_lm, color_examples, tmp_path):
-    config = RunConfig(max_steps=4, eval_every=2, batch_size=8, sequence_length=48,
-                       eval_batch_size=8, run_dir=str(tmp_path))
-    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=2))
-    training.train(tiny_causal_lm, config, color_examples["train"], color_examples["validation"],
-                   log=lambda line: None)
-    resumed = dataclasses.replace(config, resume=True, dropout=0.1, max_steps=6)
-    with pytest.raises(ConfigError, match=r"dropout: checkpoint 0.0, now 0.1; max_steps: "
-                                          r"checkpoint 4, now 6"):
-        training.train(tiny_causal_lm, resumed, color_examples["train"],
-                       color_examples["validation"], log=lambda line: None)
+# === Through train(resume=True): refused before any step runs ===
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_tokenizer_proto, color_examples):
+    """A tiny run of 2 steps whose checkpoint every resume attempt below starts from.
+
+    Its training fields are the defaults except those that keep it short; each
+    differs from its `OTHER_VALUES` entry. Its data files are written here.
+    """
+    from gemma_lora.testing import build_tiny_gemma3
+
+    folder = tmp_path_factory.mktemp("trained")
+    files = {"data_path": folder / "train.jsonl", "test_data_path": folder / "test.jsonl"}
+    for name, path in files.items():
+        path.write_text(f'{{"instruction": "{name}", "output": "b"}}\n', encoding="utf-8")
+    config = RunConfig(max_steps=2, eval_every=2, sequence_length=48, eval_batch_size=8,
+                       run_dir=str(folder / "run"), **{k: str(v) for k, v in files.items()})
+    assert all(getattr(config, field) != value for field, value in OTHER_VALUES.items())
+    model = build_tiny_gemma3(tiny_tokenizer_proto, sequence_length=48)
+    lora.enable_lora(model, lora.LoraConfig.from_run(config))
+    examples = {split: {key: values[:8] for key, values in color_examples[split].items()}
+                for split in ("train", "validation")}
+    training.train(model, config, examples["train"], examples["validation"], log=lambda line: None)
+    assert checkpoint.latest(config.run_dir).name == "step-000002"
+    return model, dataclasses.replace(config, resume=True), examples, files
+
+
+def resume(trained_run, **changes) -> None:
+    model, config, examples, _ = trained_run
+    training.train(model, dataclasses.replace(config, **changes), examples["train"],
+                   examples["validation"], log=lambda line: None)
+
+
+def test_train_resumes_the_unchanged_run(trained_run):
+    resume(trained_run)  # the control: nothing differs, nothing is refused (and nothing to run)
+    assert checkpoint.latest(trained_run[1].run_dir).name == "step-000002"
+
+
+@pytest.mark.parametrize("field", sorted(OTHER_VALUES))
+def test_train_refuses_to_resume_with_any_changed_training_field(trained_run, field):
+    with pytest.raises(ConfigError, match=rf"different configuration \({field}: checkpoint "):
+        resume(trained_run, **{field: OTHER_VALUES[field]})
+
+
+@pytest.mark.parametrize("field", ["data_path", "test_data_path"])
+def test_train_refuses_to_resume_after_a_data_file_changed(trained_run, field):
+    path = trained_run[3][field]
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b'"b"', b'"c"'))
+    try:
+        with pytest.raises(ConfigError, match=rf"different configuration \({field}_sha256: "
+                                              r"checkpoint '[0-9a-f]{64}', now '[0-9a-f]{64}'\)"):
+            resume(trained_run)
+    finally:
+        path.write_bytes(original)

@@ -1,5 +1,10 @@
 """Classification on the real Gemma 3 270M: the untuned model already knows some sentiment,
-and a few LoRA steps on the labels make it better (short: 48 test reviews, 12 steps)."""
+and a few LoRA steps on the labels make it better (short: 48 test reviews, 12 steps).
+
+README's figures (macro-F1 0.78 untuned, 0.98 after notebook 02's 40 steps, on all 300 test
+reviews) come from one notebook run; this shorter run measured macro-F1 0.77 untuned and 0.90
+after 12 steps, and asserts both with a margin of about five reviews in 48.
+"""
 
 import pytest
 
@@ -24,8 +29,8 @@ def test_scoring_labels_then_a_few_lora_steps(gemma3_270m_preset, tmp_path):
     model = classify.load_model(config.preset, labels, config.dtype, config.sequence_length)
     lora.enable_lora(model, lora.LoraConfig.from_run(config))
     before = classify.evaluate_classifier(model, test, labels, config.template)
-    assert before.accuracy > 0.6, before.accuracy  # 0.79 on all 300 test reviews
+    assert before.macro_f1 > 0.65, before.macro_f1
     result = classify.train_classifier(model, config, splits, labels, log=lambda _: None)
     after = classify.evaluate_classifier(model, test, labels, config.template)
     assert result.best_val_loss < 0.5 * result.history[0]["val_loss"]
-    assert after.loss < before.loss and after.macro_f1 > before.macro_f1
+    assert after.loss < before.loss and after.macro_f1 > 0.8, (before.macro_f1, after.macro_f1)

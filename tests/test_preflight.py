@@ -3,9 +3,11 @@
 import collections
 import json
 import types
+from pathlib import Path
 
 import pytest
 
+from gemma_lora import data
 from gemma_lora import lora
 from gemma_lora.runs import preflight
 from gemma_lora.config import RunConfig
@@ -54,9 +56,14 @@ def test_empty_held_out_split(config, name, split):
     assert message.startswith(f"{name}=0.0 leaves the {split} split empty, but the run uses it")
 
 
-def test_separate_test_file_needs_no_test_fraction(config, data_file):
-    preflight.check_run(RunConfig.from_dict(
-        {**config.to_dict(), "test_fraction": 0.0, "test_data_path": str(data_file)}))
+def test_separate_test_file_needs_no_test_fraction(config, data_file, tmp_path):
+    message = run_error(config, test_fraction=0.0)
+    assert message.startswith("test_fraction=0.0 leaves the test split")
+    with_file = RunConfig.from_dict(
+        {**config.to_dict(), "test_fraction": 0.0, "test_data_path": str(data_file)})
+    preflight.check_run(with_file)
+    assert (tmp_path / "runs" / "one").is_dir()  # the last check, on run_dir, was reached
+    assert len(data.load_splits(with_file).test) == 20  # the test split is the file
 
 
 def test_missing_separate_test_file(config, tmp_path):
@@ -123,8 +130,16 @@ def lora_model(tiny_causal_lm):
     return tiny_causal_lm
 
 
-def test_tiny_model_passes(config, lora_model):
-    preflight.check_model(config, lora_model)
+def test_tiny_model_passes_at_the_context_and_disk_limits(config, lora_model, monkeypatch):
+    needed = preflight.required_disk_bytes(config, lora_model)
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda path: DiskUsage(0, 0, needed))
+    longest = preflight.context_length(lora_model) - config.max_new_tokens
+    preflight.check_model(RunConfig.from_dict({**config.to_dict(), "sequence_length": longest}),
+                          lora_model)  # exactly the context, exactly the free space needed
+    assert Path(config.run_dir).is_dir()
+    with pytest.raises(ConfigError, match="sequence_length \\+ max_new_tokens"):
+        preflight.check_model(RunConfig.from_dict(
+            {**config.to_dict(), "sequence_length": longest + 1}), lora_model)
 
 
 def test_disk_estimate_counts_checkpoints_of_this_adapter(config, lora_model):

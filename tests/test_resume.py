@@ -1,5 +1,12 @@
-"""Kill a real (tiny) training run and resume it: nothing lost, nothing half-written."""
+"""Kill a real (tiny) training run and resume it: nothing lost, nothing half-written.
 
+The kills are real (SIGKILL to a subprocess, `tiny_training_run.py`). The
+run with LoRA dropout, packing and early stopping is interrupted in this
+process instead (an exception between two steps, from a fresh model on
+resume), which is cheaper and leaves the same thing behind: its checkpoints.
+"""
+
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +23,7 @@ from gemma_lora import lora
 from gemma_lora import training
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
+from gemma_lora.testing import build_tiny_gemma3
 
 SCRIPT = Path(__file__).with_name("tiny_training_run.py")
 
@@ -93,30 +101,85 @@ def test_checkpoint_from_another_config_is_refused(uninterrupted, tmp_path):
         checkpoint.load(checkpoint.latest(uninterrupted), checkpoint.fingerprint(config))
 
 
-def test_non_finite_loss_stops_without_applying_the_step(tiny_causal_lm, color_examples, tmp_path,
-                                                         monkeypatch):
-    real_batches = training.batching.training_batches
+# === Dropout, packing and early stopping across an interruption (in one process) ===
 
-    def poisoned(*args, **kwargs):
-        for step, batch in enumerate(real_batches(*args, **kwargs), start=1):
-            if step == 7:
-                batch = dict(batch, loss_weights=batch["loss_weights"] * np.nan)
-            yield batch
 
-    monkeypatch.setattr(training.batching, "training_batches", poisoned)
-    lora.enable_lora(tiny_causal_lm, lora.LoraConfig(rank=4, alpha=8))
-    config = RunConfig(max_steps=20, eval_every=5, batch_size=8, sequence_length=48, learning_rate=3e-2,
-                       warmup_steps=2, eval_batch_size=8, run_dir=str(tmp_path))
+class Interrupted(Exception):
+    """Stands for a kill between two steps: all the run leaves is its checkpoints."""
+
+
+# Validation losses by step, so that early stopping (patience=1) comes at a known step:
+# step 2 is the best, step 4 the first evaluation without improvement (its checkpoint
+# carries that count across the interruption), step 6 the second, where the run stops.
+SCRIPTED_VAL_LOSS = {0: 5.0, 2: 4.0, 4: 4.5, 6: 4.6, 8: 3.0, 10: 3.0}
+
+
+def _optimizer_step(steps: training.CompiledSteps) -> int:
+    optimizer = steps.optimizer
+    return int(steps.optimizer_state[optimizer.variables.index(optimizer.iterations)])
+
+
+def _run(proto, examples, run_dir, resume=False):
+    """A run with LoRA dropout and packing, from a fresh model (as a new process would be)."""
+    model = build_tiny_gemma3(proto, sequence_length=48)
+    config = RunConfig(rank=4, alpha=8, dropout=0.1, packing=True, patience=1, eval_every=2,
+                       max_steps=10, batch_size=8, sequence_length=48, learning_rate=3e-2,
+                       warmup_steps=2, eval_batch_size=8, run_dir=str(run_dir), resume=resume)
+    lora.enable_lora(model, lora.LoraConfig.from_run(config))
     lines = []
-    result = training.train(tiny_causal_lm, config, color_examples["train"], color_examples["validation"],
-                         log=lines.append)
-    assert result.diverged_at == 7
-    assert result.steps == 6 and result.best_step == 5
-    message = lines[-1]
-    assert message.startswith("Step 7: the loss or a gradient is not finite")
-    assert "Try a lower learning_rate, dtype='float32'" in message
-    saved = load_file(str(tmp_path / "adapter" / lora.ADAPTER_WEIGHTS))
-    for key, value in lora.lora_weights(tiny_causal_lm).items():
-        assert np.all(np.isfinite(value))
-        np.testing.assert_array_equal(value, saved[key])
-    assert checkpoint.latest(tmp_path).name == "step-000005"
+    result = training.train(model, config, examples["train"], examples["validation"],
+                            log=lines.append)
+    return model, result, lines
+
+
+def _last_checkpoint(run_dir):
+    folder = checkpoint.latest(run_dir)
+    state = json.loads((folder / checkpoint.STATE_FILE).read_text())
+    return folder.name, load_file(str(folder / checkpoint.ARRAYS_FILE)), state
+
+
+def test_resume_with_dropout_packing_and_early_stopping_equals_the_uninterrupted_run(
+        tiny_tokenizer_proto, color_examples, tmp_path, monkeypatch):
+    monkeypatch.setattr(training.CompiledSteps, "mean_loss",
+                        lambda self, batches: SCRIPTED_VAL_LOSS[_optimizer_step(self)])
+    real_step, packed = training.CompiledSteps.train_step, []
+
+    def step_until_interrupted(self, batch):
+        if interrupt and _optimizer_step(self) == 4:
+            raise Interrupted
+        packed.append("segment_ids" in batch)
+        return real_step(self, batch)
+
+    monkeypatch.setattr(training.CompiledSteps, "train_step", step_until_interrupted)
+    interrupt = False
+    whole_model, whole, _ = _run(tiny_tokenizer_proto, color_examples, tmp_path / "whole")
+    assert (whole.steps, whole.stopped_early, whole.best_step) == (6, True, 2)
+
+    interrupt = True
+    with pytest.raises(Interrupted):
+        _run(tiny_tokenizer_proto, color_examples, tmp_path / "run")
+    name, _, state = _last_checkpoint(tmp_path / "run")
+    assert (name, state["best_step"], state["evals_without_improvement"]) == ("step-000004", 2, 1)
+
+    interrupt = False
+    model, resumed, lines = _run(tiny_tokenizer_proto, color_examples, tmp_path / "run",
+                                 resume=True)
+    assert lines[0].startswith(f"Resuming from {tmp_path / 'run' / 'checkpoints' / name} (step 4")
+    assert all(packed) and len(packed) == 6 + 4 + 2
+    # Every step's loss (dropout masks and packed batches of steps 5-6 included), the
+    # validation losses and the stop, exactly.
+    assert resumed.history == whole.history
+    assert (resumed.steps, resumed.stopped_early, resumed.best_step, resumed.best_val_loss) == (
+        whole.steps, whole.stopped_early, whole.best_step, whole.best_val_loss)
+    # The last state (weights, optimizer, best adapter, counters) and the best adapter in
+    # the model and on disk, bit for bit.
+    (whole_name, whole_arrays, whole_state), (last_name, arrays, last_state) = (
+        _last_checkpoint(tmp_path / "whole"), _last_checkpoint(tmp_path / "run"))
+    assert whole_name == last_name == "step-000006" and last_state == whole_state
+    assert arrays.keys() == whole_arrays.keys()
+    for key, value in whole_arrays.items():
+        np.testing.assert_array_equal(arrays[key], value, err_msg=key)
+    saved = load_file(str(tmp_path / "run" / "adapter" / lora.ADAPTER_WEIGHTS))
+    for key, value in lora.lora_weights(whole_model).items():
+        np.testing.assert_array_equal(lora.lora_weights(model)[key], value, err_msg=key)
+        np.testing.assert_array_equal(saved[key], value, err_msg=key)

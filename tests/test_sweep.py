@@ -1,13 +1,24 @@
 """Rank sweeps: ranks and parameters checked first, one papermill run per rank, then the comparison."""
 
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+from safetensors.numpy import load_file
 
 from gemma_lora.runs import sweep
 from gemma_lora.errors import ConfigError
 
+from tests import tiny_presets
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 class FakePapermill:
-    """Records `papermill.execute_notebook` calls instead of running notebooks."""
+    """Records `papermill.execute_notebook` calls instead of running notebooks (error paths)."""
 
     def __init__(self):
         self.calls = []
@@ -59,17 +70,42 @@ def test_invalid_parameters_are_refused(parameters, message):
         sweep.check_parameters(parameters, [1, 2])
 
 
-def test_runs_each_rank_into_its_folder_then_compares(tmp_path, notebooks):
-    fine_tune, compare = notebooks
-    papermill = FakePapermill()
-    output = sweep.run_sweep([2, 8], tmp_path / "sweep", {"max_steps": 5}, fine_tune, compare,
-                             execute=papermill)
-    assert [call[1] for call in papermill.calls] == [
-        str(output / "rank-2" / "01.ipynb"), str(output / "rank-8" / "01.ipynb"),
-        str(output / "compare" / "03.ipynb")]
-    assert papermill.calls[1][2] == {"max_steps": 5, "rank": 8, "run_dir": str(output / "rank-8")}
-    assert papermill.calls[2][2] == {"runs_glob": str(output / "rank-*" / "metrics.json"),
-                                     "compare_by": "rank", "run_dir": str(output / "compare")}
+@pytest.mark.notebook
+def test_a_two_rank_sweep_runs_the_notebooks_and_compares_the_runs(tmp_path):
+    """`make sweep` end to end on a tiny preset: papermill runs notebook 01 per rank, then 03."""
+    preset = tiny_presets.save_tiny_gemma_preset(tmp_path / "preset", seed=0)
+    output = tmp_path / "sweep"
+    parameters = dict(preset=preset, max_steps=2, eval_every=1, warmup_steps=1,
+                      validation_fraction=0.002, test_fraction=0.004, max_new_tokens=4,
+                      eval_batch_size=8, num_samples=1, report_to=None)
+    command = [sys.executable, "-m", "gemma_lora.runs.sweep", "--ranks", "2 4", "--output",
+               str(output)]
+    for name, value in parameters.items():
+        command += ["-p", name, str(value)]
+    completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines()[-1] == f"Sweep finished: {output}"
+    with open(output / "compare" / "comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["run"] for row in rows] == ["rank-2", "rank-4"]
+    for row, rank in zip(rows, (2, 4)):
+        run_dir = output / f"rank-{rank}"
+        assert (run_dir / sweep.DEFAULT_NOTEBOOK.split("/")[-1]).is_file()  # the executed notebook
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert (metrics["rank"], metrics["run_dir"], metrics["max_steps"]) == (rank, str(run_dir), 2)
+        # Against the run's own files: its adapter as safetensors reads it, its history.
+        adapter = load_file(str(run_dir / "adapter" / "adapter.safetensors"))
+        assert all(value.shape[-1] == rank for key, value in adapter.items()
+                   if key.endswith("lora_kernel_a"))
+        assert int(row["rank"]) == rank
+        assert int(row["trainable_params"]) == sum(value.size for value in adapter.values())
+        with open(run_dir / "history.csv", newline="") as file:
+            val_losses = [float(r["val_loss"]) for r in csv.DictReader(file) if r["val_loss"]]
+        assert float(row["best_val_loss"]) == pytest.approx(min(val_losses), rel=1e-6)
+        assert row["metric"] == "exact_match"
+        assert float(row["tuned"]) == metrics["results"]["tuned"]["exact_match"]
+    assert int(rows[1]["trainable_params"]) == 2 * int(rows[0]["trainable_params"])
+    assert (output / "compare" / "metric_vs_rank.png").is_file()
 
 
 def test_an_invalid_rank_stops_the_sweep_before_anything_runs(tmp_path, notebooks):
