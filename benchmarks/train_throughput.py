@@ -13,7 +13,18 @@ batches of token ids drawn from a length distribution:
 Variants: `stock` is KerasHub's `backbone.enable_lora` + `fit` on batches
 padded to `--max-length`; `ours` is gemma_lora's compiled step with length
 buckets; `--packing` adds `ours+packing`, the same step on the same examples
-packed into rows of `--max-length` (`RunConfig.packing`). `--loss-chunk N`
+packed into rows of `--max-length` (`RunConfig.packing`). When torch,
+transformers and peft are importable (and unless `--no-hf`), the peer rows
+`hf_peft_float32` and `hf_peft_bfloat16` run too: transformers'
+`Gemma3ForCausalLM` (`Gemma2ForCausalLM` for `gemma2_2b`) built from the same
+shapes with random weights, PEFT LoRA of the same rank, alpha and targets
+(`KERAS_TO_PEFT` names: q_proj, v_proj for `qv`), dropout 0, torch AdamW with
+the same learning rate, weight decay and global-norm clipping, on the same
+examples in the same batches, each padded to its longest row (dynamic
+padding, as transformers' collators do) with prompt and padding labels
+-100, and the model's own loss over logits at every position. In
+bfloat16 the base weights are bfloat16 and PEFT keeps the LoRA weights in
+float32 (as Keras does). `--loss-chunk N`
 sets our steps' `loss_chunk_size` (0: all logits at once; default: the
 library's default). Each variant runs in its own process (so peak memory is
 its own), warms up, then times `--steps` steps, synchronising on the loss
@@ -25,7 +36,7 @@ FLOPs the step performs per second / peak. Per processed token: 4·N_body
 (forward plus activation gradients over every multiplied weight of the
 blocks) + 3 x attention forward (2·2·L·T_avg·H·d) + 6·r·(d_in + d_out) per
 LoRA module; plus 4·V·d for each position whose logits the step computes
-(every position for stock KerasHub, the gathered loss positions for ours).
+(every position for stock KerasHub and transformers, the gathered loss positions for ours).
 The peak is measured with a large matmul on the same device. On CPU, peak memory is the process's peak
 RSS; on GPU, JAX's `peak_bytes_in_use`.
 
@@ -71,7 +82,8 @@ ARCHS = {
                       final_logit_soft_cap=30.0, attention_logit_soft_cap=50.0,
                       use_sliding_window_attention=True, sliding_window_size=4096),
 }
-VARIANTS = ("stock", "ours", "ours+packing")
+HF_VARIANTS = ("hf_peft_float32", "hf_peft_bfloat16")
+VARIANTS = ("stock", "ours", "ours+packing", *HF_VARIANTS)
 TARGETS = {"qv": ("query", "value"),
            "all": ("query", "key", "value", "attention_output", "ffw_gating", "ffw_gating_2", "ffw_linear")}
 
@@ -90,11 +102,12 @@ def sample_lengths(spec: str, count: int, max_length: int, seed: int):
         totals = np.clip(totals.astype(int), 4, max_length)
         return [(int(t) // 2, int(t) - int(t) // 2) for t in totals]
     if spec.startswith("data:"):
-        from gemma_lora import data, gguf
+        from gemma_lora import data
+        from gemma_lora.models import gemma3_270m_preset
         import keras_hub
 
         examples = data.to_prompt_response(data.read_records(spec.split(":", 1)[1]))
-        tokenizer = keras_hub.models.Gemma3Tokenizer.from_preset(str(gguf.gemma3_270m_preset()))
+        tokenizer = keras_hub.models.Gemma3Tokenizer.from_preset(str(gemma3_270m_preset()))
         prompts = [len(ids) + 1 for ids in tokenizer(examples["prompts"])]  # + start token
         responses = [len(ids) + 1 for ids in tokenizer(examples["responses"])]  # + end token
         order = rng.integers(0, len(prompts), size=count)
@@ -137,13 +150,98 @@ def flops_per_token(config: dict, rank: int, targets, avg_context: float) -> tup
     return 4 * body + 3 * attention + lora, 4 * v * d
 
 
-def peak_memory_gib() -> float:
+def peak_memory_gib(torch_device=None) -> float:
+    """Peak accelerator memory of this process (JAX's, or torch's), else its peak RSS."""
     import jax
 
     device = jax.devices()[0]
-    if device.platform != "cpu":
+    if torch_device is not None and torch_device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(torch_device) / 2**30
+    if torch_device is None and device.platform != "cpu":
         return device.memory_stats()["peak_bytes_in_use"] / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def hf_stack_missing() -> str | None:
+    """The first of torch, transformers, peft that cannot be imported, or None."""
+    import importlib.util
+
+    return next((name for name in ("torch", "transformers", "peft")
+                 if importlib.util.find_spec(name) is None), None)
+
+
+def build_hf_model(arch: str, dtype: str, rank: int, targets):
+    """transformers' causal LM of `arch`'s shapes (random weights) with PEFT LoRA on `targets`."""
+    import peft
+    import torch
+    import transformers
+    from gemma_lora.lora.peft_layout import KERAS_TO_PEFT
+
+    config = dict(ARCHS[arch])
+    gemma2 = config.pop("cls") == "GemmaBackbone"
+    common = dict(vocab_size=config["vocabulary_size"], hidden_size=config["hidden_dim"],
+                  intermediate_size=config["intermediate_dim"], num_hidden_layers=config["num_layers"],
+                  num_attention_heads=config["num_query_heads"],
+                  num_key_value_heads=config["num_key_value_heads"], head_dim=config["head_dim"],
+                  query_pre_attn_scalar=config["head_dim"], sliding_window=config["sliding_window_size"])
+    if gemma2:
+        hf_config = transformers.Gemma2Config(
+            **common, final_logit_softcapping=config["final_logit_soft_cap"],
+            attn_logit_softcapping=config["attention_logit_soft_cap"])
+        cls = transformers.Gemma2ForCausalLM
+    else:
+        hf_config, cls = transformers.Gemma3TextConfig(**common), transformers.Gemma3ForCausalLM
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = cls(hf_config).to(device=device, dtype=getattr(torch, dtype))
+    lora_config = peft.LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                                  target_modules=[KERAS_TO_PEFT[t][1] for t in targets])
+    return peft.get_peft_model(model, lora_config), device
+
+
+def hf_batch(split, indices) -> dict:
+    """One transformers batch of `split`'s rows: padded to its longest row, labels -100 off the loss.
+
+    transformers' causal-LM loss predicts `labels[t + 1]` from position `t`,
+    so the split's label at `t` (weighted by its loss weight) goes to `t + 1`.
+    """
+    import numpy as np
+    import torch
+
+    length = int(split.padding_mask[indices].sum(axis=1).max())
+    labels = np.full((len(indices), length), -100, dtype=np.int64)
+    labels[:, 1:] = np.where(split.loss_weights[indices, :length - 1] > 0,
+                             split.labels[indices, :length - 1], -100)
+    return {"input_ids": torch.from_numpy(split.token_ids[indices, :length].astype(np.int64)),
+            "attention_mask": torch.from_numpy(split.padding_mask[indices, :length].astype(np.int64)),
+            "labels": torch.from_numpy(labels)}
+
+
+def run_hf_variant(args, split, batches_idx, config) -> tuple[list, list, list, str, object]:
+    """Time transformers + PEFT training steps; (step times, processed, logit positions, device, torch device)."""
+    import torch
+
+    model, device = build_hf_model(args.arch, args.variant.rsplit("_", 1)[1], args.rank, TARGETS[args.targets])
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=config.learning_rate, weight_decay=config.weight_decay)
+    step_times, processed = [], []
+    for indices in batches_idx:
+        batch = {key: value.to(device) for key, value in hf_batch(split, indices).items()}
+        processed.append(batch["input_ids"].numel())
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        if config.gradient_clip_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.gradient_clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()
+        step_times.append(time.perf_counter() - start)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return step_times, processed, processed, name, device
 
 
 def matmul_peak_flops() -> float:
@@ -186,14 +284,18 @@ def run_variant(args) -> dict:
 
     pairs = sample_lengths(args.lengths, args.batch * (args.steps + args.warmup), args.max_length, args.seed)
     split = make_split(pairs, ARCHS[args.arch]["vocabulary_size"], args.max_length, args.seed)
-    model = build_model(args)
+    model = None if args.variant in HF_VARIANTS else build_model(args)
     targets = TARGETS[args.targets]
     config = RunConfig(rank=args.rank, learning_rate=1e-4, warmup_steps=0, max_steps=10_000)
     step_times = []
     order = np.arange(len(split))
     batches_idx = [order[i * args.batch:(i + 1) * args.batch] for i in range(args.steps + args.warmup)]
+    device_name, torch_device = str(jax.devices()[0].device_kind), None
 
-    if args.variant == "stock":
+    if args.variant in HF_VARIANTS:
+        step_times, processed, logit_positions, device_name, torch_device = run_hf_variant(
+            args, split, batches_idx, config)
+    elif args.variant == "stock":
         import keras
 
         model.backbone.enable_lora(args.rank, target_layer_names=list(targets))
@@ -246,12 +348,12 @@ def run_variant(args) -> dict:
     flops = sum(processed_timed) * token_flops + sum(logit_positions[args.warmup:]) * logit_flops
     return {
         "variant": args.variant,
-        "device": str(jax.devices()[0].device_kind),
+        "device": device_name,
         "median_step_s": float(np.median(timed)),
         "effective_tokens_per_s": sum(effective) / seconds,
         "processed_tokens_per_s": sum(processed_timed) / seconds,
         "padding_fraction": 1 - sum(real) / sum(processed_timed),
-        "peak_memory_gib": peak_memory_gib(),
+        "peak_memory_gib": peak_memory_gib(torch_device),
         "mfu": flops / seconds / peak,
         "first_step_s": step_times[0],
     }
@@ -272,6 +374,8 @@ def main() -> None:
     parser.add_argument("--variants", default="stock,ours",
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--packing", action="store_true", help="also run ours+packing")
+    parser.add_argument("--no-hf", action="store_true",
+                        help="skip the transformers + PEFT rows (they run when torch, transformers and peft import)")
     parser.add_argument("--loss-chunk", type=int, default=DEFAULT_LOSS_CHUNK_SIZE,
                         help="our steps' loss_chunk_size; 0 builds all logits at once")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -283,6 +387,13 @@ def main() -> None:
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"--variants must be among {', '.join(VARIANTS)}; got {unknown}")
+    missing = hf_stack_missing()
+    if not args.no_hf and missing is None:
+        variants += HF_VARIANTS
+    elif not args.no_hf:
+        print(f"{missing} is not installed: skipping the transformers + PEFT rows "
+              f"({', '.join(HF_VARIANTS)}); `make setup-interop` installs them")
+    variants = [v for v in variants if v not in HF_VARIANTS or missing is None]
     results = []
     for variant in dict.fromkeys(variants):
         command = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
@@ -301,12 +412,14 @@ def main() -> None:
         print(f"| {r['variant']} | {r['median_step_s']:.3f} | {r['effective_tokens_per_s']:,.0f} | "
               f"{r['processed_tokens_per_s']:,.0f} | {r['padding_fraction']:.0%} | "
               f"{r['peak_memory_gib']:.2f} | {r['mfu']:.1%} | {r['first_step_s']:.1f} |")
-    stock = next((r for r in results if r["variant"] == "stock"), None)
-    for r in results:
-        if stock is not None and r is not stock:
-            print(f"\nstep time {r['variant']}/stock: {r['median_step_s'] / stock['median_step_s']:.2f}x; "
-                  f"effective tokens/s {r['variant']}/stock: "
-                  f"{r['effective_tokens_per_s'] / stock['effective_tokens_per_s']:.2f}x")
+    references = [r for r in results if r["variant"] == "stock" or r["variant"] in HF_VARIANTS]
+    for reference in references:
+        for r in results:
+            if r["variant"].startswith("ours"):
+                print(f"\nstep time {r['variant']}/{reference['variant']}: "
+                      f"{r['median_step_s'] / reference['median_step_s']:.2f}x; effective tokens/s "
+                      f"{r['variant']}/{reference['variant']}: "
+                      f"{r['effective_tokens_per_s'] / reference['effective_tokens_per_s']:.2f}x")
 
 
 if __name__ == "__main__":

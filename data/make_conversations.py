@@ -25,12 +25,13 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path
 
-from gemma_lora.io_utils import write_jsonl_atomic
+from gemma_lora.data.synthetic import compact_json
+from gemma_lora.data.synthetic import distinct_rows
+from gemma_lora.data.synthetic import generator_main
 
 SEED = 15
 COUNT = 2500
@@ -139,7 +140,7 @@ def make_conversation(rng: random.Random) -> dict:
         order[attribute] = value
         messages += [{"role": "user", "content": rng.choice(CHANGES[attribute]).format(value=text)},
                      {"role": "assistant", "content": rng.choice(CHANGE_ACKS)}]
-    answer = json.dumps(order, ensure_ascii=False, separators=(",", ":"))
+    answer = compact_json(order)
     messages += [{"role": "user", "content": rng.choice(FINALS)},
                  {"role": "assistant", "content": answer}]
     return {"messages": messages}
@@ -147,28 +148,14 @@ def make_conversation(rng: random.Random) -> dict:
 
 def make_conversations(count: int = COUNT, seed: int = SEED) -> list[dict]:
     """`count` distinct conversations, the same for the same seed."""
-    rng = random.Random(seed)
-    seen, rows = set(), []
-    while len(rows) < count:
-        row = make_conversation(rng)
-        key = json.dumps(row, sort_keys=True)
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
-    return rows
+    return distinct_rows(make_conversation, count, seed,
+                         key=lambda row: json.dumps(row, sort_keys=True))
 
 
 def main(argv: list[str] | None = None) -> None:
     """Write the data set to `--output` (default: beside this script)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT,
-        help=f"the JSONL file to write (default: {DEFAULT_OUTPUT.name} beside this script)",
-    )
-    args = parser.parse_args(argv)
-    rows = make_conversations()
-    write_jsonl_atomic(args.output, rows)
-    print(f"Wrote {len(rows)} conversations to {args.output}")
+    generator_main(argv, __doc__.splitlines()[0], DEFAULT_OUTPUT, make_conversations,
+                   noun="conversations")
 
 
 if __name__ == "__main__":

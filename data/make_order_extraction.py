@@ -25,12 +25,12 @@ Usage:
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 
-from gemma_lora.io_utils import write_jsonl_atomic
+from gemma_lora.data.synthetic import compact_json
+from gemma_lora.data.synthetic import distinct_rows
+from gemma_lora.data.synthetic import generator_main
 
 SEED = 270
 COUNT = 2500
@@ -381,33 +381,18 @@ def make_example(rng: random.Random) -> dict:
     return {
         "instruction": rng.choice(INSTRUCTIONS),
         "input": message,
-        "output": json.dumps(order, ensure_ascii=False, separators=(",", ":")),
+        "output": compact_json(order),
     }
 
 
 def make_examples(count: int = COUNT, seed: int = SEED) -> list[dict]:
     """`count` records with pairwise different inputs."""
-    rng = random.Random(seed)
-    examples, seen = [], set()
-    while len(examples) < count:
-        example = make_example(rng)
-        if example["input"] not in seen:
-            seen.add(example["input"])
-            examples.append(example)
-    return examples
+    return distinct_rows(make_example, count, seed)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Write the data set to `--output` (default: beside this script)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT,
-        help=f"the JSONL file to write (default: {DEFAULT_OUTPUT.name} beside this script)",
-    )
-    args = parser.parse_args(argv)
-    examples = make_examples()
-    write_jsonl_atomic(args.output, examples)
-    print(f"wrote {len(examples)} examples to {args.output}")
+    generator_main(argv, __doc__.splitlines()[0], DEFAULT_OUTPUT, make_examples)
 
 
 if __name__ == "__main__":

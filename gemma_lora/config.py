@@ -186,7 +186,7 @@ class RunConfig:
     num_processes: int | None = None
     process_id: int | None = None
     max_new_tokens: int = 48
-    eval_batch_size: int = 16
+    eval_batch_size: int = 48
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None

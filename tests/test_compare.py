@@ -5,16 +5,23 @@ import json
 import pytest
 
 from gemma_lora.runs import compare
+from gemma_lora.runs import selection
 from gemma_lora.config import RunConfig
 from gemma_lora.errors import ConfigError
 from gemma_lora.errors import DataError
 
 
-def fake_run(folder, rank=8, alpha=None, metric=("exact_match", 0.5), history=True, **config):
-    """A finished run folder as the notebooks leave it: metrics.json and history.csv."""
+def fake_run(folder, rank=8, alpha=None, metric=("exact_match", 0.5), history=True, task=None,
+             **config):
+    """A finished run folder as the notebooks leave it: metrics.json and history.csv.
+
+    With `task`, `results` records it and `metric`'s name as its primary metric, as
+    notebooks 01 (`"generation"`) and 02 (`"classification"`) do.
+    """
     folder.mkdir(parents=True)
     name, value = metric
     results = {"baseline": {name: value / 2}, "tuned": {name: value},
+               **({"task": task, "primary_metric": name} if task else {}),
                "trainable_parameters": 1000 * rank, "adapter_bytes": 250_000 * rank,
                "best_val_loss": 1 / rank, "training_seconds": 60.0 * rank}
     values = {**RunConfig(rank=rank, alpha=alpha, run_dir=str(folder), **config).to_dict(),
@@ -126,3 +133,55 @@ def test_categorical_and_unknown_parameters(tmp_path):
     compare.plot_against(runs, None, tmp_path / "by_run.png")
     with pytest.raises(ConfigError, match=r"compare_by='rnak' is not a parameter.*\['template'\]"):
         compare.plot_against(runs, "rnak", tmp_path / "x.png")
+
+
+# === Which runs are compared by default ===
+
+
+def batch_runs(folder, classification_runs=1):
+    """What `make run-notebooks` leaves: a fine-tuning run and classification run(s)."""
+    fake_run(folder / "01_finetune_gemma_lora", task="generation", metric=("exact_match", 0.9))
+    for index in range(classification_runs):
+        fake_run(folder / f"02_sentiment_classification-{index}", task="classification",
+                 metric=("macro_f1", 0.8), data_path="data/sentiment_train.jsonl",
+                 test_data_path="data/sentiment_test.jsonl")
+    return compare.load_runs(str(folder / "*"))
+
+
+def test_a_batch_compares_its_fine_tuning_run_and_says_why(tmp_path):
+    chosen = selection.comparable_runs(batch_runs(tmp_path))
+    assert [run.name for run in chosen.runs] == ["01_finetune_gemma_lora"]
+    assert [run.name for run in chosen.left_out] == ["02_sentiment_classification-0"]
+    assert chosen.reason == (
+        "Comparing 1 of 2 runs: the fine-tuning notebook's, which has as many runs as any other "
+        "kind (task generation, exact_match on data/order_extraction.jsonl). Left out, to keep "
+        "one metric per axis: 02_sentiment_classification-0 (task classification, macro_f1 on "
+        "data/sentiment_train.jsonl (test: data/sentiment_test.jsonl)). Set runs_glob to choose "
+        "the runs yourself.")
+
+
+def test_the_kind_with_most_runs_wins(tmp_path):
+    chosen = selection.comparable_runs(batch_runs(tmp_path, classification_runs=2))
+    assert [run.results["task"] for run in chosen.runs] == ["classification"] * 2
+    assert chosen.reason.startswith("Comparing 2 of 3 runs: the kind with the most runs (task "
+                                    "classification, macro_f1 on")
+
+
+def test_a_sweep_is_one_kind_and_other_data_is_another(sweep, tmp_path):
+    runs = compare.load_runs(str(sweep / "*"))
+    chosen = selection.comparable_runs(runs)
+    assert chosen.runs == runs and chosen.left_out == []
+    assert chosen.reason == ("Comparing all 3 runs: one kind (task unrecorded, exact_match on "
+                             "data/order_extraction.jsonl).")
+    other = compare.load_run(fake_run(tmp_path / "other", data_path="data/schedules.jsonl"))
+    chosen = selection.comparable_runs([*runs, other])
+    assert chosen.runs == runs and chosen.left_out == [other]
+
+
+def test_two_metrics_never_share_an_axis(tmp_path):
+    runs = batch_runs(tmp_path)
+    figure = compare.plot_against(runs, None, tmp_path / "mixed.png")
+    assert len(figure.axes) == 4  # one row of panels per metric
+    assert [axis.get_ylabel() for axis in figure.axes[::2]] == ["test exact_match",
+                                                                  "test macro_f1"]
+    assert [list(axis.lines[0].get_ydata()) for axis in figure.axes[::2]] == [[0.9], [0.8]]

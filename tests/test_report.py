@@ -39,3 +39,28 @@ def test_loss_plot_is_written(tmp_path):
         for s in range(1, 21)]
     report.plot_history(history, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_size_labels_name_an_int4_base_by_its_parameters_and_its_bytes():
+    import numpy as np
+
+    from gemma_lora.lora import LoraConfig, enable_lora
+    from gemma_lora.models import quantize_base
+    from gemma_lora.testing import tiny_causal_lm
+
+    model = tiny_causal_lm()
+    parameters = model.count_params()  # Keras' count, before quantizing
+    float_bytes = sum(np.asarray(w.value).nbytes for w in model.weights)
+    assert report.size_label("base model", model, "float32") == (
+        f"base model (float32, {parameters // 1000}K params, {float_bytes / 1024:.3g} KiB)")
+    quantize_base(model, "int4")
+    enable_lora(model, LoraConfig(rank=8))
+    stored = {w.path: np.asarray(w.value).nbytes for w in model.weights}  # the arrays themselves
+    base = sum(size for path, size in stored.items() if "lora_kernel" not in path)
+    assert base < float_bytes / 4  # int4 values, with their scales
+    assert report.size_label("base model", model, "int4", parameters) == (
+        f"base model (int4, {parameters // 1000}K params, {base / 1024:.3g} KiB)")
+    lora = sum(int(np.prod(w.shape)) for w in model.weights if "lora_kernel" in w.path)
+    assert report.size_label("LoRA-tuned", model, "int4", parameters, with_lora=True) == (
+        f"LoRA-tuned (int4 base + LoRA, {(parameters + lora) // 1000}K params, "
+        f"{sum(stored.values()) / 1024:.3g} KiB)")

@@ -4,7 +4,9 @@ Every notebook ends by writing `metrics.json` (every `RunConfig` field under
 its own name, plus a `results` object) and, when it trained, `history.csv`.
 That is all a comparison needs, so any set of run folders can be compared
 without re-running anything: a rank sweep, learning rates, templates, or a
-fine-tuning run beside a classification run.
+fine-tuning run beside a classification run (their metrics then get separate
+panels; `runs.selection` picks the runs of one kind, as notebook 03 does by
+default).
 
 Example:
 >>> import tempfile
@@ -328,7 +330,9 @@ def plot_against(
 
     Numeric parameters spread over a wide range (ranks 1 to 64) get a
     logarithmic axis; other values (templates, presets) are categories.
-    With `parameter=None`, each run is its own category.
+    With `parameter=None`, each run is its own category. Two metrics never
+    share an axis: runs scored by different metrics (exact match, macro-F1)
+    get one row of panels each, the metric named on its axis.
 
     Args:
         runs: the runs.
@@ -348,6 +352,8 @@ def plot_against(
     >>> figure = plot_against(load_runs(f"{sweep}/*"), "rank", sweep / "metric_vs_rank.png")
     >>> [axis.get_xlabel() for axis in figure.axes], (sweep / "metric_vs_rank.png").is_file()
     (['rank', 'rank'], True)
+    >>> figure.axes[0].get_ylabel()
+    'test exact_match'
     >>> plt.close(figure)
     """
     if parameter is not None and not any(parameter in run.config for run in runs):
@@ -355,6 +361,20 @@ def plot_against(
             f"compare_by={parameter!r} is not a parameter of these runs; parameters that "
             f"differ between them: {varying_parameters(runs) or 'none'}."
         )
+    metrics = list(dict.fromkeys(str(run.metric[0]) for run in runs))
+    figure, axes = plt.subplots(len(metrics), 2, figsize=(11, 4 * len(metrics)), squeeze=False)
+    for (left, right), metric in zip(axes, metrics):
+        _plot_metric_row(left, right, [run for run in runs if str(run.metric[0]) == metric],
+                         parameter, metric)
+    figure.suptitle(f"Runs compared by {parameter or 'run'}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    return figure
+
+
+def _plot_metric_row(left: plt.Axes, right: plt.Axes, runs: Sequence[Run],
+                     parameter: str | None, metric: str) -> None:
+    """One metric's panels: tuned and untuned metric on `left`, best validation loss on `right`."""
     values = [run.config.get(parameter) if parameter else run.name for run in runs]
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     if numeric:
@@ -363,8 +383,6 @@ def plot_against(
     else:
         order = list(range(len(runs)))
         xs = list(range(len(runs)))
-    metrics = sorted({str(run.metric[0]) for run in runs})
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     series = ((left, "tuned", "o-", "C0", lambda run: run.metric[1]),
               (left, "untuned", "s--", "gray",
                lambda run: (run.results.get("baseline") or {}).get(run.metric[0])),
@@ -375,7 +393,7 @@ def plot_against(
             style = style[0]
         axis.plot(xs, [math.nan if y is None else y for y in ys], style, color=color,
                   linewidth=2, markersize=7, label=label)
-    left.set_ylabel(f"test metric ({', '.join(metrics)})")
+    left.set_ylabel(f"test {metric}")
     left.legend()
     right.set_ylabel("best validation loss")
     for axis in (left, right):
@@ -386,10 +404,6 @@ def plot_against(
             axis.set_xticks(xs, [f"{x:g}" for x in xs])
         elif not numeric:
             axis.set_xticks(xs, [str(values[i]) for i in order], rotation=20, ha="right")
-    figure.suptitle(f"Runs compared by {parameter or 'run'}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    return figure
 
 
 def plot_loss_curves(runs: Sequence[Run], path: str | os.PathLike) -> plt.Figure:

@@ -202,6 +202,70 @@ def base_weights_bytes(model) -> int:
     )
 
 
+def size_label(
+    name: str, model, weights: str, parameters: int | None = None, with_lora: bool = False
+) -> str:
+    """`name` with what the model's weights are, how many and how many bytes they take.
+
+    A comparison of a small tuned model with a larger untuned one is only fair
+    when both are named by size: a quantized base holds the same parameters
+    in fewer bytes, and the label says so.
+
+    Args:
+        name: what the model is (`"base model"`, `"LoRA-tuned"`).
+        model: the Keras model evaluated (its weights' bytes in memory are
+            counted, scales of quantized kernels included).
+        weights: how the base's weights are stored (`"float32"`, `"int4"`).
+        parameters: the base model's parameter count; count it before
+            quantizing, since a quantized kernel stores packed values and
+            scales. By default the values of the non-LoRA weights are counted.
+        with_lora: add the LoRA matrices (parameters and bytes) to the base's,
+            and say so (`"int4 base + LoRA"`).
+
+    Returns:
+        E.g. `"base model (float32, 268M params, 1.00 GiB)"`.
+
+    Example:
+    >>> from gemma_lora.lora import LoraConfig, enable_lora
+    >>> from gemma_lora.testing import tiny_causal_lm
+    >>> model = tiny_causal_lm()
+    >>> size_label("base model", model, "float32")
+    'base model (float32, 35K params, 137 KiB)'
+    >>> _ = enable_lora(model, LoraConfig(rank=8))
+    >>> size_label("LoRA-tuned", model, "float32", with_lora=True)
+    'LoRA-tuned (float32 base + LoRA, 37K params, 145 KiB)'
+    """
+    if parameters is None:
+        parameters = sum(int(np.prod(w.shape)) for w in model.weights
+                         if "lora_kernel" not in w.path)
+    weight_bytes = base_weights_bytes(model)
+    if with_lora:
+        lora_weights = [w for w in model.weights if "lora_kernel" in w.path]
+        parameters += sum(int(np.prod(w.shape)) for w in lora_weights)
+        weight_bytes += sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize
+                            for w in lora_weights)
+        weights = f"{weights} base + LoRA"
+    return f"{name} ({weights}, {_count(parameters)} params, {_bytes(weight_bytes)})"
+
+
+def _count(value: int) -> str:
+    """A parameter count the way model cards write it: 35K, 268M, 1.0B."""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if value >= size:
+            return f"{value / size:.1f}{unit}" if unit == "B" else f"{value / size:.0f}{unit}"
+    return str(value)
+
+
+def _bytes(value: int) -> str:
+    """Bytes in binary units with three significant digits: 137 KiB, 0.17 GiB."""
+    if value >= 2**30 / 10:
+        return f"{value / 2**30:.2f} GiB"
+    for size, unit in ((2**20, "MiB"), (2**10, "KiB")):
+        if value >= size:
+            return f"{value / size:.3g} {unit}"
+    return f"{value} B"
+
+
 def folder_size(path: str | os.PathLike) -> int:
     """Total size in bytes of the files under `path`."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

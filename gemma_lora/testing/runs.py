@@ -53,6 +53,8 @@ def write_rank_sweep(folder: str | os.PathLike, ranks: Sequence[int] = (1, 2, 8)
                     for step in range(1, config.max_steps + 1)]
         trainable = 92_160 * rank
         write_metrics(config, {
+            "task": "generation",  # as notebook 01 records it
+            "primary_metric": "exact_match",
             "baseline": {"exact_match": 0.0, "rouge_l": 0.31},
             "tuned": {"exact_match": round(0.6 + 0.05 * gain, 3), "rouge_l": 0.9},
             "trainable_parameters": trainable,
