@@ -18,18 +18,22 @@ export KERAS_BACKEND := jax
 export TF_CPP_MIN_LOG_LEVEL := 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup setup-interop test run-notebooks sweep benchmark benchmark-generation wheel clean
+.PHONY: setup setup-interop test run-notebooks sweep export benchmark benchmark-generation wheel clean
 
 setup: $(STAMP)
 
 # Optional extras for Hugging Face interop (gemma_lora.hf_interop) and its
-# tests: PyTorch CPU, transformers, peft. Without them those tests skip.
+# tests: PyTorch CPU, transformers, peft, llama-cpp-python. Without them those
+# tests skip. llama-cpp-python builds llama.cpp from source: portable AVX2/AVX-512
+# kernels without AMX (the native build segfaults on these Xeons).
 INTEROP_STAMP := $(VENV)/.interop-installed
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON \
+  -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
 
 setup-interop: $(INTEROP_STAMP)
 
 $(INTEROP_STAMP): $(STAMP) requirements-interop.txt
-	$(PYTHON) -m pip install --quiet -r requirements-interop.txt
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet -r requirements-interop.txt
 	touch $(INTEROP_STAMP)
 
 # The pinned requirements, then the package itself, editable: `import gemma_lora`
@@ -68,6 +72,21 @@ run-notebooks: $(STAMP)
 sweep: $(STAMP)
 	$(PYTHON) -m gemma_lora.runs.sweep --ranks "$(RANKS)" --notebook $(SWEEP_NOTEBOOK) \
 	  --output $(RUN_ROOT)-sweep $(PARAMS)
+
+# Exports a finished run for deployment (README: "Deploy") into $(RUN)/export/, e.g.
+# make export RUN=runs/<time>/01_finetune_gemma_lora FORMATS="gguf ollama" GGUF_FILE_TYPE=q8_0.
+# FORMATS: transformers gguf gguf_lora ollama peft peft_rank; BASE_MODEL: the Hugging Face
+# base the PEFT adapters name (default: the one of the run's preset). Prints each file,
+# its size and how to serve it, with the vLLM --max-lora-rank.
+RUN            ?=
+FORMATS        ?= transformers gguf gguf_lora ollama peft
+GGUF_FILE_TYPE ?= f16
+HF_DTYPE       ?= float32
+BASE_MODEL     ?=
+
+export: $(STAMP)
+	$(PYTHON) -m gemma_lora.export.from_run --run-dir "$(RUN)" --formats "$(FORMATS)" \
+	  --gguf-file-type "$(GGUF_FILE_TYPE)" --hf-dtype "$(HF_DTYPE)" $(if $(BASE_MODEL),--base-model "$(BASE_MODEL)")
 
 # Training throughput, stock KerasHub fit vs ours (see docs/performance.md),
 # e.g. ARGS="--arch gemma3_270m --lengths parametric:0.33 --packing".

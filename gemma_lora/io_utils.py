@@ -45,20 +45,44 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     >>> (folder / "notes" / "example.txt").read_text()
     'hello'
     """
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary file next to `path` to write; fsynced and renamed to `path` at the end.
+
+    Whatever was at `path` is replaced only once the block finishes without an
+    error; an interrupted block leaves the old file (or nothing) in place and
+    removes the temporary one.
+
+    Args:
+        path: destination file; its folder is created if missing.
+
+    Yields:
+        The temporary file's path (an empty file, in the usual mode).
+
+    Example:
+    >>> import tempfile; path = Path(tempfile.mkdtemp()) / "weights.bin"
+    >>> with atomic_file(path) as tmp:
+    ...     _ = tmp.write_bytes(b"\\x00\\x01")
+    >>> path.read_bytes(), [p.name for p in path.parent.iterdir()]
+    (b'\\x00\\x01', ['weights.bin'])
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes owner-only files; use the usual mode.
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as file:
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: str | os.PathLike, value: Any) -> None:

@@ -80,6 +80,7 @@ from gemma_lora.lora.peft_layout import gemma3_text_backbone
 from gemma_lora.lora.peft_layout import hf_shape
 from gemma_lora.lora.peft_layout import keras_lora_factors
 from gemma_lora.lora.peft_layout import kernel_shape
+from gemma_lora.lora.peft_layout import peft_factors
 
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -152,13 +153,32 @@ def export_peft_adapter(
         hf = transformers.AutoModelForCausalLM.from_pretrained("google/gemma-3-270m")
         tuned = peft.PeftModel.from_pretrained(hf, "runs/demo/peft_adapter")
     """
-    if not isinstance(base_model_name_or_path, str) or not base_model_name_or_path.strip():
-        raise ModelError(
-            "base_model_name_or_path must name the Hugging Face base model, e.g. "
-            f"'google/gemma-3-270m'; got {base_model_name_or_path!r}."
-        )
-    backbone = gemma3_text_backbone(model, "export")
-    weights: dict[str, np.ndarray] = {}
+    modules = peft_module_factors(model)
+    weights = {f"{key}.lora_{which}.weight": factor for key, (lora_a, lora_b, _, _)
+               in modules.items() for which, factor in (("A", lora_a), ("B", lora_b))}
+    module_ranks = {key.rsplit(".", 1)[1]: (rank, alpha)
+                    for key, (_, _, rank, alpha) in modules.items()}
+    adapted = layers.lora_layers(model)[0]
+    config = peft_adapter_config(model, base_model_name_or_path, module_ranks,
+                                 int(adapted.lora_rank), float(adapted.lora_alpha))
+    folder = Path(folder)
+    with atomic_directory(folder) as tmp:
+        save_file(weights, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
+        write_json_atomic(tmp / PEFT_CONFIG, config)
+    return folder
+
+
+def peft_module_factors(model: keras.Model) -> dict[str, tuple[np.ndarray, np.ndarray, int, float]]:
+    """PEFT's `lora_A`, `lora_B`, rank and alpha of every adapted module, exactly.
+
+    Keyed by PEFT's module name (`base_model.model.model.layers.0.self_attn.q_proj`);
+    `export_peft_adapter` writes these factors (see the module docstring).
+
+    Raises:
+        ModelError: as `export_peft_adapter` does.
+    """
+    backbone = gemma3_text_backbone(model, "PEFT export")
+    modules: dict[str, tuple[np.ndarray, np.ndarray, int, float]] = {}
     ranks: dict[str, set[tuple[int, float]]] = {}
     adapted_blocks: dict[str, set[int]] = {}
     for index in range(backbone.num_layers):
@@ -166,13 +186,12 @@ def export_peft_adapter(
             if not layer.lora_enabled:
                 continue
             group, peft_name, layout = KERAS_TO_PEFT[keras_name]
-            lora_a, lora_b, rank, alpha = _to_peft_factors(layer, layout)
-            key = f"{_KEY_PREFIX}model.layers.{index}.{group}.{peft_name}"
-            weights[f"{key}.lora_A.weight"] = lora_a
-            weights[f"{key}.lora_B.weight"] = lora_b
+            lora_a, lora_b, rank, alpha = peft_factors(layer, layout)
+            modules[f"{_KEY_PREFIX}model.layers.{index}.{group}.{peft_name}"] = (
+                lora_a, lora_b, rank, alpha)
             ranks.setdefault(peft_name, set()).add((rank, alpha))
             adapted_blocks.setdefault(peft_name, set()).add(index)
-    if not weights:
+    if not modules:
         raise ModelError("The model has no LoRA layers; call lora.enable_lora(model, rank) first.")
     for peft_name, blocks in adapted_blocks.items():
         if len(blocks) != backbone.num_layers or len(ranks[peft_name]) != 1:
@@ -181,10 +200,24 @@ def export_peft_adapter(
                 f"blocks with one rank and alpha to be a PEFT adapter; it covers blocks "
                 f"{sorted(blocks)} with (rank, alpha) {sorted(ranks[peft_name])}."
             )
-    adapted = layers.lora_layers(model)
-    rank, alpha = int(adapted[0].lora_rank), float(adapted[0].lora_alpha)
-    module_ranks = {name: next(iter(values)) for name, values in ranks.items()}
-    config = {
+    return modules
+
+
+def peft_adapter_config(model: keras.Model, base_model_name_or_path: str,
+                        module_ranks: dict[str, tuple[int, float]], rank: int,
+                        alpha: float) -> dict[str, Any]:
+    """`adapter_config.json` for the model's LoRA (its dropout) at PEFT's `r`, `lora_alpha`.
+
+    `module_ranks` (`{"q_proj": (rank, alpha)}`) that differ from `rank`/`alpha`
+    go into `rank_pattern`/`alpha_pattern`. Raises `ModelError` for an empty
+    `base_model_name_or_path`.
+    """
+    if not isinstance(base_model_name_or_path, str) or not base_model_name_or_path.strip():
+        raise ModelError(
+            "base_model_name_or_path must name the Hugging Face base model, e.g. "
+            f"'google/gemma-3-270m'; got {base_model_name_or_path!r}."
+        )
+    return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
@@ -194,7 +227,7 @@ def export_peft_adapter(
         "rank_pattern": {name: r for name, (r, _) in sorted(module_ranks.items()) if r != rank},
         "alpha_pattern": {name: a for name, (_, a) in sorted(module_ranks.items()) if a != alpha},
         "target_modules": sorted(module_ranks),
-        "lora_dropout": float(getattr(adapted[0], "lora_dropout", 0.0)),
+        "lora_dropout": float(getattr(layers.lora_layers(model)[0], "lora_dropout", 0.0)),
         "bias": "none",
         "fan_in_fan_out": False,
         "use_rslora": False,
@@ -205,30 +238,6 @@ def export_peft_adapter(
         "layers_to_transform": None,
         "layers_pattern": None,
     }
-    folder = Path(folder)
-    with atomic_directory(folder) as tmp:
-        save_file(weights, str(tmp / PEFT_WEIGHTS), metadata={"format": "pt"})
-        write_json_atomic(tmp / PEFT_CONFIG, config)
-    return folder
-
-
-def _to_peft_factors(
-    layer: keras.layers.Layer, layout: str
-) -> tuple[np.ndarray, np.ndarray, int, float]:
-    """PEFT's `lora_A`, `lora_B`, rank and alpha for one Keras LoRA layer."""
-    a = np.asarray(keras.ops.convert_to_numpy(layer.lora_kernel_a), dtype=np.float32)
-    b = np.asarray(keras.ops.convert_to_numpy(layer.lora_kernel_b), dtype=np.float32)
-    rank, alpha = int(layer.lora_rank), float(layer.lora_alpha)
-    if layout == "flat":
-        return np.ascontiguousarray(a.reshape(-1, rank).T), np.ascontiguousarray(b.T), rank, alpha
-    heads, width, _ = a.shape
-    head_dim = b.shape[1]
-    # lora_A[n_i * r + k, :] = A[n_i, :, k]; lora_B's block (n_i, n_i) = B^T.
-    lora_a = a.transpose(0, 2, 1).reshape(heads * rank, width)
-    lora_b = np.zeros((heads * head_dim, heads * rank), dtype=np.float32)
-    for head in range(heads):
-        lora_b[head * head_dim:(head + 1) * head_dim, head * rank:(head + 1) * rank] = b.T
-    return np.ascontiguousarray(lora_a), lora_b, heads * rank, alpha * heads
 
 
 # === Import ===
@@ -270,7 +279,7 @@ def import_peft_adapter(model: keras.Model, folder: str | os.PathLike) -> layers
     """
     folder = Path(folder)
     config = _read_peft_config(folder)
-    backbone = gemma3_text_backbone(model, "import", allow_vision=True)
+    backbone = gemma3_text_backbone(model, "PEFT import", allow_vision=True)
     if layers.lora_layers(model):
         raise ModelError(
             f"The model already has LoRA; import the PEFT adapter {str(folder)!r} into a "

@@ -28,7 +28,7 @@ KERAS_TO_PEFT = {
 }
 PEFT_TO_KERAS = {peft_name: keras_name for keras_name, (_, peft_name, _) in KERAS_TO_PEFT.items()}
 # Singular values below this fraction of the largest are float rounding.
-_RANK_TOLERANCE = 1e-6
+RANK_TOLERANCE = 1e-6
 
 
 def keras_lora_factors(
@@ -69,11 +69,39 @@ def keras_lora_factors(
     q, r = np.linalg.qr(lora_a.T)  # lora_a.T = q @ r, q (p, k') orthonormal
     core = np.concatenate([r @ y_head for y_head in y])  # (heads * k', last)
     u, s, vt = np.linalg.svd(core, full_matrices=False)
-    kept = int(np.sum(s > s[0] * _RANK_TOLERANCE)) if s.size and s[0] > 0 else 0
+    kept = int(np.sum(s > s[0] * RANK_TOLERANCE)) if s.size and s[0] > 0 else 0
     root = np.sqrt(s[:kept])
     u = (u[:, :kept] * root).reshape(heads, q.shape[1], kept)
     a_flat = np.concatenate([q @ u_head for u_head in u])  # (heads * p, kept)
     return a_flat, root[:, None] * vt[:kept]
+
+
+def peft_factors(layer: keras.layers.Layer, layout: str) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """PEFT's `lora_A`, `lora_B`, rank and alpha for one Keras LoRA layer, exactly.
+
+    `"flat"` layers keep rank `r`; `"heads"` layers become rank `heads * r`
+    with a block-diagonal `lora_B` and alpha `heads * alpha` (the same scale).
+
+    Args:
+        layer: a Keras `EinsumDense` with LoRA enabled.
+        layout: `"heads"` or `"flat"` (`KERAS_TO_PEFT[name][2]`).
+
+    Returns:
+        `lora_A` `[rank, in]`, `lora_B` `[out, rank]` (float32), PEFT's rank and alpha.
+    """
+    a = np.asarray(keras.ops.convert_to_numpy(layer.lora_kernel_a), dtype=np.float32)
+    b = np.asarray(keras.ops.convert_to_numpy(layer.lora_kernel_b), dtype=np.float32)
+    rank, alpha = int(layer.lora_rank), float(layer.lora_alpha)
+    if layout == "flat":
+        return np.ascontiguousarray(a.reshape(-1, rank).T), np.ascontiguousarray(b.T), rank, alpha
+    heads, width, _ = a.shape
+    head_dim = b.shape[1]
+    # lora_A[n_i * r + k, :] = A[n_i, :, k]; lora_B's block (n_i, n_i) = B^T.
+    lora_a = a.transpose(0, 2, 1).reshape(heads * rank, width)
+    lora_b = np.zeros((heads * head_dim, heads * rank), dtype=np.float32)
+    for head in range(heads):
+        lora_b[head * head_dim:(head + 1) * head_dim, head * rank:(head + 1) * rank] = b.T
+    return np.ascontiguousarray(lora_a), lora_b, heads * rank, alpha * heads
 
 
 def keras_to_hf_kernel(kernel: np.ndarray, layout: str) -> np.ndarray:
@@ -113,15 +141,22 @@ def hf_shape(kernel_shape: tuple[int, ...], layout: str) -> tuple[int, int]:
 
 
 def gemma3_text_backbone(model: keras.Model, action: str, allow_vision: bool = False):
+    """The model's `Gemma3Backbone`; `ModelError` naming `action` for any other.
+
+    Args:
+        model: a KerasHub task or backbone.
+        action: what needs a Gemma 3 (`"PEFT export"`), for the message.
+        allow_vision: accept a Gemma 3 with a vision encoder too.
+    """
     backbone = getattr(model, "backbone", model)
     if not isinstance(backbone, keras_hub.models.Gemma3Backbone):
         raise ModelError(
-            f"PEFT {action} supports Gemma 3 models; this model's backbone is "
+            f"{action} supports Gemma 3 models; this model's backbone is "
             f"{type(backbone).__name__}."
         )
     if not allow_vision and getattr(backbone, "vision_encoder", None) is not None:
         raise ModelError(
-            "PEFT export supports text-only Gemma 3 models (Gemma3ForCausalLM); this one "
+            f"{action} supports text-only Gemma 3 models (Gemma3ForCausalLM); this one "
             "has a vision encoder."
         )
     return backbone

@@ -62,11 +62,11 @@ _QUERY_PRE_ATTN_SCALAR = 256
 
 # llama.cpp tensor names -> Hugging Face names (prefix `model.`). The output
 # projection is tied to `token_embd`, so GGUF stores no `output.weight`.
-_GLOBAL_TENSOR_NAMES = {
+GLOBAL_TENSOR_NAMES = {
     "token_embd.weight": "embed_tokens.weight",
     "output_norm.weight": "norm.weight",
 }
-_BLOCK_TENSOR_NAMES = {
+BLOCK_TENSOR_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
@@ -392,12 +392,12 @@ def _hf_config(reader: gguf.GGUFReader) -> dict:
 
 
 def _hf_name(gguf_name: str) -> str:
-    if gguf_name in _GLOBAL_TENSOR_NAMES:
-        return f"model.{_GLOBAL_TENSOR_NAMES[gguf_name]}"
+    if gguf_name in GLOBAL_TENSOR_NAMES:
+        return f"model.{GLOBAL_TENSOR_NAMES[gguf_name]}"
     match = _BLOCK_TENSOR.fullmatch(gguf_name)
-    if match is None or match[2] not in _BLOCK_TENSOR_NAMES:
+    if match is None or match[2] not in BLOCK_TENSOR_NAMES:
         raise ModelError(f"Unexpected tensor {gguf_name!r} in a Gemma 3 GGUF file.")
-    return f"model.layers.{match[1]}.{_BLOCK_TENSOR_NAMES[match[2]]}.weight"
+    return f"model.layers.{match[1]}.{BLOCK_TENSOR_NAMES[match[2]]}.weight"
 
 
 def _dequantize(tensor: gguf.ReaderTensor) -> np.ndarray:

@@ -27,12 +27,16 @@ _TINY_USER_TOKENS = (
 )
 
 
-def train_tiny_tokenizer(texts: Iterable[str], vocabulary_size: int = 512) -> bytes:
+def train_tiny_tokenizer(texts: Iterable[str], vocabulary_size: int = 512,
+                         **trainer_options) -> bytes:
     """Train a small SentencePiece model with Gemma's special tokens.
 
     Args:
         texts: training sentences (a few hundred words are enough).
         vocabulary_size: number of pieces, special tokens included.
+        **trainer_options: further `SentencePieceTrainer` options, e.g.
+            Gemma's own `normalization_rule_name="identity", add_dummy_prefix=False,
+            remove_extra_whitespaces=False`.
 
     Returns:
         The serialized SentencePiece proto, for `Gemma3Tokenizer(proto=...)`.
@@ -62,6 +66,7 @@ def train_tiny_tokenizer(texts: Iterable[str], vocabulary_size: int = 512) -> by
         user_defined_symbols=list(_TINY_USER_TOKENS),
         hard_vocab_limit=False,
         minloglevel=2,
+        **trainer_options,
     )
     return model.getvalue()
 
