@@ -24,16 +24,19 @@ setup: $(STAMP)
 
 # Optional extras for Hugging Face interop (gemma_lora.hf_interop) and its
 # tests: PyTorch CPU, transformers, peft, llama-cpp-python. Without them those
-# tests skip. llama-cpp-python builds llama.cpp from source: portable AVX2/AVX-512
-# kernels without AMX (the native build segfaults on these Xeons).
+# tests skip. llama-cpp-python builds llama.cpp from source, with portable AVX2
+# kernels: the native build (AMX on) segfaults on the Xeons here, and an AVX-512
+# build stops with "Illegal instruction" on the AMD EPYCs (no AVX-512). pip's wheel
+# cache is skipped so that a build made for another CPU is never reused.
 INTEROP_STAMP := $(VENV)/.interop-installed
-LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_AVX512=ON \
+LLAMA_CPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+  -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF \
   -DGGML_AMX_INT8=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_BF16=OFF
 
 setup-interop: $(INTEROP_STAMP)
 
 $(INTEROP_STAMP): $(STAMP) requirements-interop.txt
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet -r requirements-interop.txt
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PYTHON) -m pip install --quiet --no-cache-dir -r requirements-interop.txt
 	touch $(INTEROP_STAMP)
 
 # The pinned requirements, then the package itself, editable: `import gemma_lora`

@@ -10,8 +10,9 @@ the base F32 GGUF and the GGUF LoRA) and prints a table (README, "Deploy"):
 - max |Δ log p|: over the whole vocabulary at every step of Keras' greedy
   answers to the 12 shipped requests (`--max-new-tokens` each), against the
   merged Keras model; the folders in transformers, the GGUF files in
-  llama.cpp (teacher-forced on Keras' answers) and, for F32/F16, also in
-  transformers' GGUF loader;
+  llama.cpp (teacher-forced on Keras' answers, with llama.cpp's default
+  float16 KV cache) and, for F32/F16, also in transformers' GGUF loader;
+- at the answer: the same, for the answer's own token at each step only;
 - same answers: of the 12 greedy answers of that runtime, how many equal
   Keras' (transformers: one left-padded batch; llama.cpp: all 12 decoded
   together).
@@ -88,8 +89,11 @@ def main() -> None:
     def same(answers: list[str]) -> str:
         return f"{sum(map(str.__eq__, answers, generations.texts))}/{len(prompts)}"
 
+    chosen = (np.arange(len(steps.tokens)), steps.tokens)
+
     def largest(log_probs: np.ndarray) -> str:
-        return f"{np.abs(log_probs - keras).max():.1e}"
+        difference = np.abs(log_probs - keras)
+        return f"{difference.max():.1e} | {difference[chosen].max():.1e}"
 
     rows = []
     for dtype in ("float32", "bfloat16"):
@@ -131,8 +135,8 @@ def main() -> None:
 
     print(f"Gemma 3 270M (PyPI copy, float32), adapter: {adapter_name}; {len(steps.tokens)} "
           f"greedy steps on {REQUESTS}; exports in {output}")
-    print("| file | runtime | size MiB | max \\|Δ log p\\| | same answers |")
-    print("|---|---|---|---|---|")
+    print("| file | runtime | size MiB | max \\|Δ log p\\| | at the answer | same answers |")
+    print("|---|---|---|---|---|---|")
     for name, runtime, size, difference, agreement in rows:
         print(f"| {name} | {runtime} | {size:,.1f} | {difference} | {agreement} |")
 

@@ -129,8 +129,11 @@ def test_a_test_label_unseen_in_training_stops_before_the_model_loads(tmp_path):
 
 def test_inference_notebook_answers_requests_with_the_batch_adapter(batch):
     run_dir = batch / "runs" / "04_inference"
+    # The tiny preset's tokenizer normalizes text unlike Gemma's, which the Hugging Face and
+    # GGUF formats refuse (tests/test_export_*.py): the notebook exports the PEFT adapters.
     completed = papermill("notebooks/04_inference.ipynb", batch / "04.ipynb", run_dir=run_dir,
-                          max_new_tokens=4, batch_size=4)
+                          max_new_tokens=4, batch_size=4, export_formats="peft peft_rank",
+                          peft_base_model="google/gemma-3-270m")
     assert completed.returncode == 0, completed.stderr[-3000:]
     predictions = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 12 and all("prediction" in p for p in predictions)
@@ -138,6 +141,15 @@ def test_inference_notebook_answers_requests_with_the_batch_adapter(batch):
     assert speed["requests"] == 12
     assert speed["same_answers_merged_vs_unmerged"] == 12
     assert speed["merged_tokens_per_second"] > 0 and speed["unmerged_tokens_per_second"] > 0
+    export = run_dir / "export"
+    assert sorted(path.name for path in export.iterdir()) == ["peft", "peft_rank8"]
+    config = json.loads((export / "peft" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "google/gemma-3-270m"
+    notebook = json.loads((batch / "04.ipynb").read_text())
+    printed = "".join("".join(output.get("text", "")) for cell in notebook["cells"]
+                      for output in cell.get("outputs", []))
+    assert "vLLM: --max-lora-rank" in printed and str(export / "peft_rank8") in printed
+    assert "No export that transformers or llama.cpp loads was written" in printed
 
 
 def test_a_sharegpt_file_trains_through_the_finetuning_notebook(tmp_path):
