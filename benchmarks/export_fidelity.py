@@ -91,9 +91,10 @@ def main() -> None:
 
     chosen = (np.arange(len(steps.tokens)), steps.tokens)
 
-    def largest(log_probs: np.ndarray) -> str:
+    def largest(log_probs: np.ndarray) -> tuple[str, str]:
+        """max |Δ log p| over the vocabulary, and at the answer's own tokens."""
         difference = np.abs(log_probs - keras)
-        return f"{difference.max():.1e} | {difference[chosen].max():.1e}"
+        return f"{difference.max():.1e}", f"{difference[chosen].max():.1e}"
 
     rows = []
     for dtype in ("float32", "bfloat16"):
@@ -107,7 +108,7 @@ def main() -> None:
         answers = hf_tokenizer.batch_decode(out[:, batch.input_ids.shape[1]:],
                                             skip_special_tokens=True)
         rows.append((f"HF folder {dtype}", "transformers", size_mib(folder),
-                     largest(steps.torch_log_probs(torch, hf)), same(answers)))
+                     *largest(steps.torch_log_probs(torch, hf)), same(answers)))
         del hf
     for file_type in export.FILE_TYPES:
         path = export.export_gguf(merged, output / f"model-{file_type}.gguf", file_type)
@@ -115,14 +116,14 @@ def main() -> None:
                                               threads=args.threads)[2]
         log_probs = serving.llama_step_log_probs(llama_cpp, path, steps,
                                                         threads=args.threads)
-        rows.append((f"GGUF {file_type.upper()}", "llama.cpp", size_mib(path), largest(log_probs),
+        rows.append((f"GGUF {file_type.upper()}", "llama.cpp", size_mib(path), *largest(log_probs),
                      same(answers)))
         if file_type in ("f32", "f16"):
             hf = transformers.AutoModelForCausalLM.from_pretrained(
                 str(path.parent), gguf_file=path.name, dtype=torch.float32,
                 attn_implementation="eager").eval()
             rows.append((f"GGUF {file_type.upper()}", "transformers (GGUF loader)",
-                         size_mib(path), largest(steps.torch_log_probs(torch, hf)), "-"))
+                         size_mib(path), *largest(steps.torch_log_probs(torch, hf)), "-"))
             del hf
     base_file = export.export_gguf(model, output / "base-f32.gguf", with_lora=False)
     adapter_file = export.export_gguf_lora(model, output / "adapter.gguf")
@@ -131,14 +132,14 @@ def main() -> None:
     log_probs = serving.llama_step_log_probs(llama_cpp, base_file, steps,
                                                     lora_path=adapter_file, threads=args.threads)
     rows.append(("GGUF F32 base + GGUF LoRA", "llama.cpp", size_mib(adapter_file),
-                 largest(log_probs), same(answers)))
+                 *largest(log_probs), same(answers)))
 
     print(f"Gemma 3 270M (PyPI copy, float32), adapter: {adapter_name}; {len(steps.tokens)} "
           f"greedy steps on {REQUESTS}; exports in {output}")
     print("| file | runtime | size MiB | max \\|Δ log p\\| | at the answer | same answers |")
     print("|---|---|---|---|---|---|")
-    for name, runtime, size, difference, agreement in rows:
-        print(f"| {name} | {runtime} | {size:,.1f} | {difference} | {agreement} |")
+    for name, runtime, size, overall, at_answer, agreement in rows:
+        print(f"| {name} | {runtime} | {size:,.1f} | {overall} | {at_answer} | {agreement} |")
 
     ranks = export.peft_ranks(model)
     print(f"\nPEFT, exact: {ranks}")

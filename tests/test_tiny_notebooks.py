@@ -30,6 +30,13 @@ def papermill(notebook, output, **parameters):
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
+def printed_text(executed_notebook):
+    """Everything the cells of an executed notebook printed (their stream outputs), as one text."""
+    notebook = json.loads(executed_notebook.read_text())
+    return "".join("".join(output.get("text", "")) for cell in notebook["cells"]
+                   for output in cell.get("outputs", []))
+
+
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory):
     """A `make run-notebooks`-like batch: notebooks 01 and 02 on tiny presets in runs/."""
@@ -100,9 +107,7 @@ def test_comparison_notebook_compares_the_fine_tuning_run_of_its_batch(batch):
     lines = (run_dir / "comparison.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["01_finetune_gemma_lora"]
     assert "exact_match" in lines[1].split(",")
-    notebook = json.loads((batch / "03.ipynb").read_text())
-    printed = "".join("".join(output.get("text", "")) for cell in notebook["cells"]
-                      for output in cell.get("outputs", []))
+    printed = printed_text(batch / "03.ipynb")
     assert "Left out, to keep one metric per axis: 02_sentiment_classification" in printed
     assert (run_dir / "loss_curves.png").is_file()
     assert not (run_dir / "metrics.json").exists()  # a comparison is not a run
@@ -145,9 +150,7 @@ def test_inference_notebook_answers_requests_with_the_batch_adapter(batch):
     assert sorted(path.name for path in export.iterdir()) == ["peft", "peft_rank8"]
     config = json.loads((export / "peft" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "google/gemma-3-270m"
-    notebook = json.loads((batch / "04.ipynb").read_text())
-    printed = "".join("".join(output.get("text", "")) for cell in notebook["cells"]
-                      for output in cell.get("outputs", []))
+    printed = printed_text(batch / "04.ipynb")
     assert "vLLM: --max-lora-rank" in printed and str(export / "peft_rank8") in printed
     assert "No export that transformers or llama.cpp loads was written" in printed
 
