@@ -8,6 +8,9 @@ STAMP      := $(VENV)/.installed
 NOTEBOOK   ?= notebooks/*.ipynb
 PARAMS     ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist), each taking whole test files: the tests mostly
+# compile on one thread, so two processes keep a 2-core machine busy.
+TEST_WORKERS ?= 2
 RANKS      ?= 1 2 4 8 16
 ARGS       ?=
 SWEEP_NOTEBOOK ?= notebooks/01_finetune_gemma_lora.ipynb
@@ -51,7 +54,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Executes each notebook with papermill into runs/<timestamp>/<notebook>/,
 # passing `run_dir` plus any PARAMS (e.g. PARAMS="-p rank 8 -p max_steps 50").
