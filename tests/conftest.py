@@ -17,26 +17,27 @@ import pytest
 # processes (pytest-xdist workers and the papermill kernels they start inherit the
 # variables): the many tests that build the same tiny model compile each program
 # once. A size limit turns on JAX's file lock, so no process reads a half-written
-# entry. Measured on 4 test files (2 cores): 707 s without, 420 s with.
+# entry. Figures: docs/tests.md, "How the suite runs".
 COMPILATION_CACHE_SETTINGS = {
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
     "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 * 2**30),
 }
+COMPILATION_CACHE_DIR = pytest.StashKey[str]()
 
 
 def pytest_configure(config):
     """In the first pytest process (not in its xdist workers): a compilation cache for the run."""
     if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return
-    config.compilation_cache = tempfile.mkdtemp(prefix="gemma-lora-tests-xla-")
-    os.environ.update(COMPILATION_CACHE_SETTINGS, JAX_COMPILATION_CACHE_DIR=config.compilation_cache)
+    folder = config.stash[COMPILATION_CACHE_DIR] = tempfile.mkdtemp(prefix="gemma-lora-tests-xla-")
+    os.environ.update(COMPILATION_CACHE_SETTINGS, JAX_COMPILATION_CACHE_DIR=folder)
 
 
 def pytest_unconfigure(config):
     """Remove the run's compilation cache."""
-    if hasattr(config, "compilation_cache"):
-        shutil.rmtree(config.compilation_cache, ignore_errors=True)
+    if COMPILATION_CACHE_DIR in config.stash:
+        shutil.rmtree(config.stash[COMPILATION_CACHE_DIR], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
